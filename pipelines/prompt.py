@@ -1,0 +1,82 @@
+"""Stage 1: zero/one/few-shot prompting x a sweep of generation settings, scored with ROUGE."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlhf.artifacts import atomic_write_csv, atomic_write_json, atomic_write_text, markdown_table
+from rlhf.config import ExperimentConfig
+from rlhf.data import build_prompts, load_splits
+from rlhf.generation import generate
+from rlhf.metrics import mean_words, rouge
+from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.rundir import start_stage
+from rlhf.tinyworld.build import resolve_tinyworld
+
+TABLE_COLUMNS = ["mode", "setting", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_words",
+                 "gen_seconds", "tokens_per_s"]
+
+
+def mode_name(shots: int) -> str:
+    return {0: "zero-shot", 1: "one-shot"}.get(shots, f"{shots}-shot")
+
+
+def main(config: ExperimentConfig) -> dict:
+    config = resolve_tinyworld(config)
+    cfg = config.prompt
+    stage = start_stage(config, "prompt")
+    splits = load_splits(config.data, config.seed)
+    tokenizer, model = load_tokenizer(config.model), load_seq2seq(config.model)
+    test = splits["test"].select(range(min(cfg.n_dialogues, len(splits["test"]))))
+    dialogues, references = test["dialogue"], test["summary"]
+
+    rows, samples, prompt_stats = [], [], {}
+    for shots in cfg.shots:
+        prompts, stats = build_prompts(dialogues, shots, splits["train"], config.data.template, tokenizer,
+                                       config.model.max_input_length, config.seed)
+        prompt_stats[mode_name(shots)] = {k: v for k, v in dataclasses.asdict(stats).items() if k != "shots_used"}
+        for setting in cfg.settings:
+            gens = generate(model, tokenizer, prompts, setting, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.batch_size, max_input_length=config.model.max_input_length,
+                            seed=config.seed, desc=f"{mode_name(shots)} / {setting.name}")
+            rows.append({"mode": mode_name(shots), "setting": setting.name, **rouge(gens.texts, references),
+                         "mean_words": mean_words(gens.texts), "gen_seconds": round(gens.seconds, 3),
+                         "tokens_per_s": round(gens.new_tokens / max(gens.seconds, 1e-9), 1)})
+            samples += [{"index": i, "mode": mode_name(shots), "setting": setting.name, "output": text}
+                        for i, text in enumerate(gens.texts[: cfg.n_examples_shown])]
+
+    best = max(rows, key=lambda r: r["rougeL"])
+    metrics = {"n_dialogues": len(dialogues), "rows": rows, "best": best, "prompt_stats": prompt_stats}
+    atomic_write_csv(stage.dir / "results.csv", rows)
+    atomic_write_text(stage.dir / "results.md", _results_md(rows, best, prompt_stats, len(dialogues)))
+    atomic_write_text(stage.dir / "samples.md", _samples_md(samples, dialogues, references, cfg.n_examples_shown))
+    atomic_write_json(stage.dir / "samples.json", samples)
+    stage.write_metrics(metrics)
+    stage.finish()
+    print(f"prompt: best ROUGE-L {best['rougeL']:.4f} ({best['mode']}, {best['setting']}); table in {stage.dir / 'results.md'}")
+    return metrics
+
+
+def _results_md(rows: list[dict], best: dict, prompt_stats: dict, n: int) -> str:
+    over = "\n".join(f"- {mode}: {s['prompts_with_dropped_examples']} prompts lost in-context examples "
+                     f"({s['examples_dropped']} examples dropped), {s['dialogues_truncated']} dialogues truncated"
+                     for mode, s in prompt_stats.items())
+    return (f"# Stage 1: prompting and generation settings\n\n{n} test dialogues; ROUGE F-measures vs the "
+            f"reference summaries.\n\n{markdown_table(rows, TABLE_COLUMNS)}\n"
+            f"Best ROUGE-L: {best['rougeL']:.4f} ({best['mode']}, {best['setting']}).\n\n"
+            f"Over-length prompts (rule: drop in-context examples, then truncate the dialogue):\n{over}\n")
+
+
+def _samples_md(samples: list[dict], dialogues: list[str], references: list[str], shown: int) -> str:
+    parts = ["# Sample generations\n"]
+    for i in range(min(shown, len(dialogues))):
+        rows = [{"mode": s["mode"], "setting": s["setting"], "output": s["output"]} for s in samples if s["index"] == i]
+        parts.append(f"## Dialogue {i}\n\n```\n{dialogues[i]}\n```\n\n**Reference:** {references[i]}\n\n"
+                     f"{markdown_table(rows)}")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    from rlhf.cli import stage_entry
+
+    stage_entry("prompt")

@@ -1,0 +1,194 @@
+"""Dialogue-summarization data: loading, filtering, splits, and instruction prompts.
+
+Data come from a hub dataset name or a local ``json``/``jsonl``/``csv``/``parquet`` file or folder,
+through ``datasets``. Splits are the dataset's own when it has them; otherwise they are cut
+deterministically from the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf.config import DataConfig
+from rlhf.errors import UserError
+
+SPLITS = ("train", "validation", "test")
+EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# The reference lab's instruction, and its "What was going on?" one-shot form.
+TEMPLATES = {
+    "summarize": "Summarize the following conversation.\n\n{dialogue}\n\nSummary:",
+    "what_happened": "Dialogue:\n\n{dialogue}\n\nWhat was going on?",
+}
+SHOT_SEPARATOR = "\n\n\n"
+
+
+def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
+    """Builder name and ``data_files`` for a local file or folder."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in EXTENSIONS)
+    if not files:
+        raise UserError(f"data source {path}: no .json/.jsonl/.csv/.parquet file found")
+    if path.is_file() and path.suffix not in EXTENSIONS:
+        raise UserError(f"data source {path}: unsupported file type '{path.suffix}' (use json, jsonl, csv or parquet)")
+    builders = {EXTENSIONS[f.suffix] for f in files}
+    if len(builders) > 1:
+        raise UserError(f"data source {path}: mixes file types {sorted(builders)}")
+    by_split = {s: [str(f) for f in files if f.stem == s] for s in SPLITS}
+    by_split = {s: fs for s, fs in by_split.items() if fs}
+    if not by_split.get("train") or path.is_file():
+        by_split = {"train": [str(f) for f in files]}
+    return builders.pop(), by_split
+
+
+def load_raw(source: str, trust_remote_code: bool = False):
+    """Load ``source`` as a ``datasets.DatasetDict``; bad sources raise :class:`UserError`."""
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.exists():
+            builder, data_files = _local_data_files(path)
+            return datasets.load_dataset(builder, data_files=data_files)
+        if source.startswith((".", "/", "~")) or Path(source).suffix in EXTENSIONS:
+            raise UserError(f"data source not found: {source}")
+        return datasets.load_dataset(source)
+    except UserError:
+        raise
+    except Exception as err:  # datasets raises many types; the user needs one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not read data source {source}: {first}") from None
+
+
+def _check_columns(ds, cfg: DataConfig, split: str) -> None:
+    for col in (cfg.dialogue_column, cfg.summary_column):
+        if col not in ds.column_names:
+            raise UserError(
+                f"data source {cfg.source}: split '{split}' has no column '{col}' "
+                f"(columns: {', '.join(ds.column_names)}); set data.dialogue_column / data.summary_column"
+            )
+
+
+def load_splits(cfg: DataConfig, seed: int):
+    """Train/validation/test ``DatasetDict`` with ``dialogue`` and ``summary`` columns, filtered."""
+    import datasets
+
+    raw = load_raw(cfg.source)
+    for split, ds in raw.items():
+        _check_columns(ds, cfg, split)
+    raw = datasets.DatasetDict({
+        split: ds.rename_columns({c: n for c, n in ((cfg.dialogue_column, "dialogue"), (cfg.summary_column, "summary")) if c != n})
+        for split, ds in raw.items()
+    })
+    splits = _ensure_splits(raw, cfg, seed)
+    out = {}
+    for split in SPLITS:
+        ds = splits[split].filter(lambda ex: _keep(ex, cfg))
+        if len(ds) == 0:
+            raise UserError(
+                f"data source {cfg.source}: split '{split}' is empty after filtering "
+                f"(min_chars={cfg.min_chars}, max_chars={cfg.max_chars})"
+            )
+        if cfg.max_samples is not None:
+            ds = ds.select(range(min(cfg.max_samples, len(ds))))
+        out[split] = ds
+    return datasets.DatasetDict(out)
+
+
+def _keep(ex: dict, cfg: DataConfig) -> bool:
+    d, s = ex["dialogue"], ex["summary"]
+    if not isinstance(d, str) or not isinstance(s, str):
+        return False
+    return len(d) >= cfg.min_chars and (cfg.max_chars is None or len(d) <= cfg.max_chars)
+
+
+def _ensure_splits(raw, cfg: DataConfig, seed: int):
+    """Use the dataset's own splits; cut the missing ones from ``train`` by the seed."""
+    import datasets
+
+    if "train" not in raw:
+        raise UserError(f"data source {cfg.source}: has no 'train' split (splits: {', '.join(raw)})")
+    splits = dict(raw)
+    for name, frac in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+        if name in splits:
+            continue
+        if frac <= 0 or len(splits["train"]) < 3:
+            raise UserError(f"data source {cfg.source}: has no '{name}' split and data.{name}_fraction is {frac}")
+        cut = splits["train"].train_test_split(test_size=frac, seed=seed, shuffle=True)
+        splits["train"], splits[name] = cut["train"], cut["test"]
+    return datasets.DatasetDict({s: splits[s] for s in SPLITS})
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------
+
+
+def format_prompt(dialogue: str, template: str) -> str:
+    return TEMPLATES[template].format(dialogue=dialogue)
+
+
+def format_shot(dialogue: str, summary: str, template: str) -> str:
+    return f"{format_prompt(dialogue, template)}\n{summary}"
+
+
+@dataclass
+class PromptStats:
+    """How the over-length rule changed the prompts; reported in the metrics, never silent."""
+
+    n_prompts: int = 0
+    examples_dropped: int = 0
+    prompts_with_dropped_examples: int = 0
+    dialogues_truncated: int = 0
+    shots_used: list[int] = field(default_factory=list)
+
+
+def choose_examples(pool_size: int, shots: int, query_index: int, seed: int) -> list[int]:
+    """Deterministic choice of ``shots`` distinct example indices for the ``query_index``-th prompt."""
+    if shots == 0:
+        return []
+    rng = random.Random(seed * 1_000_003 + query_index)
+    return rng.sample(range(pool_size), min(shots, pool_size))
+
+
+def build_prompt(dialogue: str, examples: list[tuple[str, str]], template: str, tokenizer,
+                 max_tokens: int, stats: PromptStats) -> str:
+    """One k-shot prompt within ``max_tokens``.
+
+    Over-length rule: drop in-context examples one at a time (earliest first); if the zero-shot
+    prompt is still too long, truncate the dialogue from the end. Both are counted in ``stats``.
+    """
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    shots = [format_shot(d, s, template) for d, s in examples]
+    dropped = 0
+    while True:
+        prompt = SHOT_SEPARATOR.join(shots[dropped:] + [format_prompt(dialogue, template)])
+        if n_tokens(prompt) <= max_tokens or dropped == len(shots):
+            break
+        dropped += 1
+    stats.n_prompts += 1
+    stats.examples_dropped += dropped
+    stats.prompts_with_dropped_examples += int(dropped > 0)
+    stats.shots_used.append(len(shots) - dropped)
+    if n_tokens(prompt) <= max_tokens:
+        return prompt
+    stats.dialogues_truncated += 1
+    overhead = n_tokens(format_prompt("", template))
+    ids = tokenizer(dialogue, add_special_tokens=False).input_ids[: max(1, max_tokens - overhead)]
+    return format_prompt(tokenizer.decode(ids, skip_special_tokens=True), template)
+
+
+def build_prompts(dialogues: list[str], shots: int, pool, template: str, tokenizer, max_tokens: int,
+                  seed: int) -> tuple[list[str], PromptStats]:
+    """k-shot prompts for ``dialogues`` with examples drawn from ``pool`` (a dataset split)."""
+    stats = PromptStats()
+    prompts = []
+    for i, dialogue in enumerate(dialogues):
+        picks = choose_examples(len(pool), shots, i, seed)
+        examples = [(pool[j]["dialogue"], pool[j]["summary"]) for j in picks]
+        prompts.append(build_prompt(dialogue, examples, template, tokenizer, max_tokens, stats))
+    return prompts, stats

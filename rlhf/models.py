@@ -1,0 +1,67 @@
+"""Loading tokenizers and seq2seq models through ``from_pretrained``, with one-line errors.
+
+The same code path loads ``google/flan-t5-base`` from the hub and the tiny world's local folder.
+``trust_remote_code`` stays off unless the config opts in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlhf.config import ModelConfig
+from rlhf.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    from transformers import AutoTokenizer
+
+    name = path or cfg.tokenizer or cfg.name
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except Exception as err:
+        raise UserError(f"could not load tokenizer '{name}': {_first_line(err)}") from None
+
+
+def check_seq2seq(name: str, trust_remote_code: bool = False) -> None:
+    """Fail with one line unless ``name`` is an encoder-decoder model config."""
+    from transformers import AutoConfig
+
+    if not Path(name).exists() and name.startswith((".", "/", "~")):
+        raise UserError(f"model path does not exist: {name}")
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise UserError(f"could not load model config '{name}': {_first_line(err)}") from None
+    if not getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"model '{name}' is a {config.model_type} model, not a seq2seq (encoder-decoder) model")
+
+
+def load_seq2seq(cfg: ModelConfig, path: str | None = None):
+    """The seq2seq LM at ``path`` (default ``cfg.name``), in eval mode."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    name = path or cfg.name
+    check_seq2seq(name, cfg.trust_remote_code)
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            name, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+        )
+    except Exception as err:
+        raise UserError(f"could not load seq2seq model '{name}': {_first_line(err)}") from None
+    return model.eval()
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, float]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_pct": round(100.0 * trainable / max(1, total), 4)}

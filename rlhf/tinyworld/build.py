@@ -1,0 +1,154 @@
+"""Build the tiny world into a folder, or reuse a cached build keyed by its settings and seed.
+
+Layout of a build::
+
+    dialogsum/{train,validation,test}.jsonl   dialogue, summary, topic, toxic
+    toxicity/{train,test}.jsonl               text, label (1 = toxic); test phrasings unseen in train
+    tokenizer/                                AutoTokenizer.from_pretrained loads it
+    base_model/                               T5ForConditionalGeneration + tokenizer (safetensors)
+    classifier/                               config + tokenizer for the reward classifier
+    manifest.json                             written last: a folder without it is not a build
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, T5ForConditionalGeneration
+
+from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text
+from rlhf.config import TinyWorldConfig
+from rlhf.data import TEMPLATES
+from rlhf.errors import UserError
+from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
+from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config
+from rlhf.tinyworld.tokenizer import save_tokenizer, sentinel_tokens, train_tokenizer
+
+BUILD_VERSION = 1
+MAX_LENGTH = 512
+N_SENTINELS = 20
+
+
+def cache_key(tw: TinyWorldConfig) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(tw).items() if k != "cache_dir"}
+    blob = json.dumps({"version": BUILD_VERSION, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_root(tw: TinyWorldConfig) -> Path:
+    root = tw.cache_dir or os.environ.get("RLHF_CACHE") or Path.home() / ".cache" / "rlhf"
+    return Path(root) / "tinyworld"
+
+
+def ensure_tinyworld(tw: TinyWorldConfig, log=print) -> Path:
+    """Return the cached build for these settings, building it first if needed."""
+    folder = cache_root(tw) / cache_key(tw)
+    if (folder / "manifest.json").is_file():
+        return folder
+    log(f"building the offline tiny world in {folder} (first use; cached afterwards)")
+    build_tinyworld(tw, folder, log=log)
+    return folder
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _write_corpus(tw: TinyWorldConfig, out: Path) -> list[str]:
+    corpus = make_corpus(tw.n_dialogues, tw.toxic_fraction, tw.seed)
+    n_val = n_test = max(1, tw.n_dialogues // 10)
+    splits = {"test": corpus[:n_test], "validation": corpus[n_test:n_test + n_val],
+              "train": corpus[n_test + n_val:]}
+    for split, rows in splits.items():
+        atomic_write_text(out / "dialogsum" / f"{split}.jsonl", _jsonl(
+            [{"id": f"{split}_{i}", **dataclasses.asdict(d)} for i, d in enumerate(rows)]))
+    n_train = tw.n_toxicity_texts * 3 // 4
+    tox = {"train": make_toxicity_texts(n_train, tw.seed, heldout=False),
+           "test": make_toxicity_texts(tw.n_toxicity_texts - n_train, tw.seed, heldout=True)}
+    for split, rows in tox.items():
+        atomic_write_text(out / "toxicity" / f"{split}.jsonl",
+                          _jsonl([{"text": t, "label": y} for t, y in rows]))
+    texts = [d.dialogue for d in corpus] + [d.summary for d in corpus]
+    return texts + [t for rows in tox.values() for t, _ in rows] + [t.format(dialogue="") for t in TEMPLATES.values()]
+
+
+def build_tinyworld(tw: TinyWorldConfig, out: str | Path, log=print) -> Path:
+    out = Path(out)
+    start = time.time()
+    with atomic_dir(out) as tmp:
+        texts = _write_corpus(tw, tmp)
+        tok = train_tokenizer(texts, tw.vocab_size, N_SENTINELS)
+        save_tokenizer(tok, tmp / "tokenizer", MAX_LENGTH)
+        tokenizer = AutoTokenizer.from_pretrained(str(tmp / "tokenizer"))
+        losses = _build_base_model(tw, tmp, tokenizer, log)
+        _build_classifier(tmp, tok, len(tokenizer))
+        atomic_write_json(tmp / "manifest.json", {
+            "settings": dataclasses.asdict(tw), "version": BUILD_VERSION,
+            "vocab_size": len(tokenizer), "pretrain_loss_first": losses[:1], "pretrain_loss_last": losses[-1:],
+            "seconds": round(time.time() - start, 2),
+        })
+    log(f"tiny world built in {time.time() - start:.1f}s")
+    return out
+
+
+def _build_base_model(tw: TinyWorldConfig, out: Path, tokenizer, log) -> list[float]:
+    torch.manual_seed(tw.seed)
+    model = T5ForConditionalGeneration(tiny_t5_config(tw, len(tokenizer), MAX_LENGTH))
+    dialogues = [json.loads(line)["dialogue"] for line in (out / "dialogsum" / "train.jsonl").open()]
+    ids = [tokenizer(d, add_special_tokens=False).input_ids for d in dialogues]
+    sentinels = tokenizer.convert_tokens_to_ids(sentinel_tokens(N_SENTINELS)[::-1])
+    losses = pretrain(model, ids, sentinels, tokenizer.eos_token_id, tw, tw.seed)
+    if losses:
+        log(f"span-corruption pre-training: loss {losses[0]:.2f} -> {sum(losses[-20:]) / len(losses[-20:]):.2f}")
+    model.generation_config.max_length = None
+    model.save_pretrained(str(out / "base_model"))
+    tokenizer.save_pretrained(str(out / "base_model"))
+    return losses
+
+
+def _build_classifier(out: Path, tok, vocab_size: int) -> None:
+    """A small BERT-shaped classifier config whose tokenizer puts ``<cls>`` first for pooling."""
+    from tokenizers import processors
+
+    cls_tok = tok.__class__.from_str(tok.to_str())
+    cls_id, eos = cls_tok.token_to_id("<cls>"), cls_tok.token_to_id("</s>")
+    cls_tok.post_processor = processors.TemplateProcessing(
+        single="<cls> $A </s>", pair="<cls> $A </s> $B </s>", special_tokens=[("<cls>", cls_id), ("</s>", eos)])
+    save_tokenizer(cls_tok, out / "classifier", MAX_LENGTH)
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, max_position_embeddings=MAX_LENGTH, pad_token_id=0, type_vocab_size=1,
+        num_labels=2, id2label={0: "non-toxic", 1: "toxic"}, label2id={"non-toxic": 0, "toxic": 1},
+    )
+    config.save_pretrained(str(out / "classifier"))
+
+
+
+TINYWORLD = "tinyworld"
+
+
+def resolve_tinyworld(config, log=print):
+    """Replace every ``tinyworld`` name in ``config`` by the path of the cached build.
+
+    A config without a ``tinyworld`` section, or one already resolved, comes back unchanged.
+    """
+    names = (config.model.name, config.model.tokenizer, config.data.source)
+    if TINYWORLD not in names:
+        return config
+    if config.tinyworld is None:
+        raise UserError("config names 'tinyworld' as a model or data source but has no 'tinyworld' section")
+    folder = ensure_tinyworld(config.tinyworld, log=log)
+    model = dataclasses.replace(
+        config.model,
+        name=str(folder / "base_model") if config.model.name == TINYWORLD else config.model.name,
+        tokenizer=str(folder / "tokenizer") if config.model.tokenizer == TINYWORLD else config.model.tokenizer,
+    )
+    data = dataclasses.replace(
+        config.data, source=str(folder / "dialogsum") if config.data.source == TINYWORLD else config.data.source)
+    return dataclasses.replace(config, model=model, data=data)

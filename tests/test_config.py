@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf.cli import main as cli_main
+from rlhf.config import ExperimentConfig, load_config, parse_overrides, to_yaml
+from rlhf.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def write(tmp_path, raw: dict, name="exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_repo_config_loads_and_validates(path, tmp_path):
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+    assert config.run_name == path.stem
+    # the config as written into a run directory loads back to the same values
+    (tmp_path / "resolved.yaml").write_text(to_yaml(config))
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_defaults(tmp_path):
+    config = load_config(write(tmp_path, {}))
+    assert config.output_dir == "runs" and config.run_name == "exp"
+    assert config.run_dir == Path("runs") / "exp"
+
+
+def test_unknown_top_level_key_names_closest(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config key 'sede' in the top level; did you mean 'seed'"):
+        load_config(write(tmp_path, {"sede": 1}))
+
+
+def test_unknown_nested_key_names_section_and_closest(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, {"prompt": {"max_new_token": 3}}))
+    msg = str(err.value)
+    assert "'max_new_token'" in msg and "section 'prompt'" in msg and "'max_new_tokens'" in msg
+
+
+def test_unknown_key_in_list_item(tmp_path):
+    with pytest.raises(UserError, match=r"section 'prompt.settings\[0\]'.*'top_p'"):
+        load_config(write(tmp_path, {"prompt": {"settings": [{"name": "x", "top_pp": 0.5}]}}))
+
+
+@pytest.mark.parametrize("raw, key, value", [
+    ({"prompt": {"batch_size": -4}}, "prompt.batch_size", "-4"),
+    ({"prompt": {"batch_size": 0}}, "prompt.batch_size", "0"),
+    ({"prompt": {"settings": [{"top_p": 1.5}]}}, r"prompt.settings\[0\].top_p", "1.5"),
+    ({"prompt": {"settings": [{"top_p": 0}]}}, r"prompt.settings\[0\].top_p", "0"),
+    ({"data": {"test_fraction": 1.2}}, "data.test_fraction", "1.2"),
+    ({"prompt": {"shots": [0, -1]}}, "prompt.shots", "-1"),
+])
+def test_impossible_values_name_key_and_value(tmp_path, raw, key, value):
+    with pytest.raises(UserError, match=rf"'{key}'.*{value}"):
+        load_config(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"seed": "abc"}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"prompt": {"batch_size": 2.5}}, "prompt.batch_size"),
+    ({"model": {"trust_remote_code": "yes"}}, "model.trust_remote_code"),
+    ({"prompt": {"shots": 3}}, "prompt.shots"),
+    ({"model": "t5"}, "model"),
+    ({"data": {"template": "poem"}}, "data.template"),
+])
+def test_wrong_types_name_key(tmp_path, raw, key):
+    with pytest.raises(UserError, match=rf"'{key}'"):
+        load_config(write(tmp_path, raw))
+
+
+def test_overrides_are_typed(tmp_path):
+    config = load_config(write(tmp_path, {}), ["data.max_samples=200", "prompt.shots=[0,2]",
+                                               "seed=7",
+                                               "model.trust_remote_code=true", "run_name=abc"])
+    assert config.data.max_samples == 200 and config.prompt.shots == [0, 2]
+    assert config.seed == 7 and config.model.trust_remote_code is True and config.run_name == "abc"
+
+
+def test_float_override_accepts_int(tmp_path):
+    assert load_config(write(tmp_path, {}), ["data.test_fraction=0"]).data.test_fraction == 0.0
+
+
+@pytest.mark.parametrize("override, match", [
+    ("data.max_sample=3", r"unknown config key 'max_sample' in section 'data'.*'max_samples'"),
+    ("data.max_samples=-3", r"'data.max_samples'.*-3"),
+    ("data.max_samples=many", r"'data.max_samples'.*many"),
+    ("seed", r"not of the form"),
+])
+def test_bad_overrides(tmp_path, override, match):
+    with pytest.raises(UserError, match=match):
+        load_config(write(tmp_path, {}), [override])
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: 1\nmodel: x\n  name: y\n")
+    with pytest.raises(UserError, match=r"not valid YAML \(line 3"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path, capsys):
+    path = write(tmp_path, {"prompt": {"batch_size": -1}})
+    assert cli_main(["prompt", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prompt.batch_size" in err and "Traceback" not in err
+
+
+def test_cli_unknown_stage(capsys, tmp_path):
+    assert cli_main(["frobnicate", str(write(tmp_path, {}))]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err

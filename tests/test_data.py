@@ -1,0 +1,114 @@
+import json
+
+import pytest
+
+from rlhf.config import DataConfig
+from rlhf.data import PromptStats, build_prompt, build_prompts, choose_examples, format_prompt, load_splits
+from rlhf.errors import UserError
+
+
+def rows(n, prefix="d"):
+    return [{"dialogue": f"{prefix}{i}: " + "word " * (i % 7 + 1), "summary": f"s{i}"} for i in range(n)]
+
+
+def write_jsonl(path, items):
+    path.write_text("".join(json.dumps(r) + "\n" for r in items))
+    return path
+
+
+def test_folder_with_own_splits_is_used_as_is(tmp_path):
+    for split, n in (("train", 20), ("validation", 5), ("test", 4)):
+        write_jsonl(tmp_path / f"{split}.jsonl", rows(n, split))
+    splits = load_splits(DataConfig(source=str(tmp_path)), seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 20, "validation": 5, "test": 4}
+    assert splits["test"][0]["dialogue"].startswith("test0")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "parquet"])
+def test_single_file_split_deterministically_by_seed(tmp_path, fmt):
+    import datasets
+
+    path = tmp_path / f"data.{fmt}"
+    ds = datasets.Dataset.from_list(rows(50))
+    {"csv": ds.to_csv, "jsonl": ds.to_json, "json": ds.to_json, "parquet": ds.to_parquet}[fmt](str(path))
+    cfg = DataConfig(source=str(path), validation_fraction=0.2, test_fraction=0.2)
+    a, b, c = load_splits(cfg, seed=0), load_splits(cfg, seed=0), load_splits(cfg, seed=1)
+    assert a["test"]["dialogue"] == b["test"]["dialogue"] != c["test"]["dialogue"]
+    assert len(a["test"]) == 10 and len(a["validation"]) == 8 and len(a["train"]) == 32
+    assert not set(a["test"]["dialogue"]) & set(a["train"]["dialogue"])
+
+
+def test_custom_columns_and_filters_and_cap(tmp_path):
+    items = [{"conv": "x" * n, "abstract": "s"} for n in range(1, 61)]
+    path = write_jsonl(tmp_path / "d.jsonl", items)
+    cfg = DataConfig(source=str(path), dialogue_column="conv", summary_column="abstract",
+                     min_chars=10, max_chars=40, max_samples=5, validation_fraction=0.2, test_fraction=0.2)
+    splits = load_splits(cfg, seed=0)
+    for ds in splits.values():
+        assert all(10 <= len(d) <= 40 for d in ds["dialogue"])
+        assert len(ds) <= 5 and ds.column_names[:2] == ["dialogue", "summary"]
+
+
+def test_missing_column_names_it(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "summary": "b"}] * 10)
+    with pytest.raises(UserError, match=r"no column 'dialogue' \(columns: text, summary\)"):
+        load_splits(DataConfig(source=str(path)), seed=0)
+
+
+def test_empty_after_filtering(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", rows(30))
+    with pytest.raises(UserError, match="empty after filtering"):
+        load_splits(DataConfig(source=str(path), min_chars=10_000), seed=0)
+
+
+def test_unreadable_and_missing_sources(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(UserError, match="could not read data source"):
+        load_splits(DataConfig(source=str(bad)), seed=0)
+    with pytest.raises(UserError, match="data source not found"):
+        load_splits(DataConfig(source=str(tmp_path / "nope.jsonl")), seed=0)
+    other = tmp_path / "d.txt"
+    other.write_text("x")
+    with pytest.raises(UserError, match="unsupported file type"):
+        load_splits(DataConfig(source=str(other)), seed=0)
+
+
+class WordTokenizer:
+    """One token per whitespace word plus EOS; enough to test the over-length rule."""
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = list(range(len(text.split()))) + ([1] if add_special_tokens else [])
+        return type("Enc", (), {"input_ids": ids})()
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join("w" for _ in ids)
+
+
+def test_zero_one_few_shot_prompts():
+    pool = [{"dialogue": f"D{i}", "summary": f"S{i}"} for i in range(10)]
+    zero, _ = build_prompts(["Q"], 0, pool, "summarize", WordTokenizer(), 512, seed=0)
+    assert zero == [format_prompt("Q", "summarize")]
+    assert zero[0] == "Summarize the following conversation.\n\nQ\n\nSummary:"
+    few, stats = build_prompts(["Q"], 2, pool, "what_happened", WordTokenizer(), 512, seed=0)
+    assert few[0].count("What was going on?") == 3 and few[0].endswith("Q\n\nWhat was going on?")
+    assert stats.shots_used == [2] and stats.examples_dropped == 0
+
+
+def test_example_choice_is_deterministic_and_varies():
+    assert choose_examples(100, 3, 5, seed=1) == choose_examples(100, 3, 5, seed=1)
+    assert choose_examples(100, 3, 5, seed=1) != choose_examples(100, 3, 6, seed=1)
+    assert len(set(choose_examples(100, 3, 5, seed=1))) == 3
+
+
+def test_over_length_drops_examples_then_truncates():
+    tok = WordTokenizer()
+    examples = [("a " * 30, "s"), ("b " * 30, "s")]
+    stats = PromptStats()
+    prompt = build_prompt("q " * 10, examples, "summarize", tok, max_tokens=60, stats=stats)
+    assert stats.examples_dropped == 1 and stats.prompts_with_dropped_examples == 1
+    assert stats.dialogues_truncated == 0 and prompt.count("Summary:") == 2
+    stats = PromptStats()
+    prompt = build_prompt("q " * 100, examples, "summarize", tok, max_tokens=40, stats=stats)
+    assert stats.examples_dropped == 2 and stats.dialogues_truncated == 1
+    assert len(tok(prompt).input_ids) <= 40

@@ -1,0 +1,79 @@
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from rlhf.config import ModelConfig, TinyWorldConfig
+from rlhf.models import load_seq2seq
+from rlhf.tinyworld.build import build_tinyworld, cache_key, ensure_tinyworld
+from rlhf.tinyworld.corpus import INSULT_NOUN, make_corpus, make_toxicity_texts
+
+from .conftest import SMALL_WORLD
+
+SMALL = TinyWorldConfig(**SMALL_WORLD)
+
+
+def digest(folder: Path, names: list[str]) -> dict[str, str]:
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
+
+
+CORPUS_FILES = ["dialogsum/train.jsonl", "dialogsum/validation.jsonl", "dialogsum/test.jsonl",
+                "toxicity/train.jsonl", "toxicity/test.jsonl", "tokenizer/tokenizer.json",
+                "tokenizer/tokenizer_config.json"]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ensure_tinyworld(SMALL, log=lambda *_: None)
+
+
+def test_same_seed_same_corpus_and_tokenizer_bytes(tmp_path, world):
+    rebuilt = build_tinyworld(SMALL, tmp_path / "again", log=lambda *_: None)
+    assert digest(world, CORPUS_FILES) == digest(rebuilt, CORPUS_FILES)
+
+
+def test_other_seed_other_corpus():
+    a = make_corpus(50, 0.25, seed=0)
+    b = make_corpus(50, 0.25, seed=1)
+    assert [d.dialogue for d in a] != [d.dialogue for d in b]
+
+
+def test_corpus_toxic_fraction_and_abuse_in_summaries():
+    corpus = make_corpus(400, 0.25, seed=0)
+    toxic = [d for d in corpus if d.toxic]
+    assert len(toxic) == 100
+    assert all(any(n in d.summary for n in INSULT_NOUN) for d in toxic)
+    assert not any(any(f" {n}" in d.summary for n in INSULT_NOUN) for d in corpus if not d.toxic)
+    assert len({d.topic for d in corpus}) >= 5 and len({d.dialogue for d in corpus}) > 390
+
+
+def test_toxicity_texts_balanced_and_heldout_phrasing_differs():
+    train = make_toxicity_texts(200, seed=0, heldout=False)
+    test = make_toxicity_texts(200, seed=0, heldout=True)
+    assert sum(y for _, y in train) == 100 and sum(y for _, y in test) == 100
+    assert not {t for t, y in train if y} & {t for t, y in test if y}
+
+
+def test_tokenizer_round_trip_and_t5_ids(world):
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    text = "#Person1#: Hello, can I book a table for two on Friday?"
+    ids = tok(text).input_ids
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.convert_tokens_to_ids("<extra_id_0>") == len(tok) - 1
+
+
+def test_base_model_loads_through_from_pretrained(world):
+    model = load_seq2seq(ModelConfig(name=str(world / "base_model")))
+    assert model.config.is_encoder_decoder and not model.training
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(str(world / "base_model")))
+
+
+def test_cache_is_keyed_by_settings_and_reused(world):
+    assert ensure_tinyworld(SMALL, log=lambda *_: pytest.fail("rebuilt")) == world
+    other = dataclasses.replace(SMALL, seed=1)
+    assert cache_key(other) != cache_key(SMALL)
+    assert cache_key(dataclasses.replace(SMALL, cache_dir="/elsewhere")) == cache_key(SMALL)

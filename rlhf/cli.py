@@ -91,7 +91,19 @@ def _tinyworld(ns) -> None:
     build_tinyworld(TinyWorldConfig(seed=ns.seed), ns.out)
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars only on a terminal; our own stage bars stay."""
+    if sys.stderr.isatty():
+        return
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     try:
         dispatch(sys.argv[1:] if argv is None else argv)
     except UserError as err:

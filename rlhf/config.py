@@ -108,7 +108,7 @@ class TinyWorldConfig:
     num_heads: int = opt(4, positive)
     pretrain_steps: int = opt(300, non_negative, "span-corruption steps on the dialogue text")
     pretrain_batch_size: int = opt(16, positive)
-    pretrain_lr: float = opt(3e-3, positive)
+    pretrain_lr: float = opt(1e-2, positive)
 
 
 @dataclass

@@ -43,7 +43,7 @@ def generate(model, tokenizer, prompts: list[str], setting: GenerationSetting, *
     start = time.perf_counter()
     device = next(model.parameters()).device
     batches = range(0, len(order), batch_size)
-    for b in tqdm(batches, desc=desc or setting.name, leave=False, disable=desc is None or len(batches) < 2):
+    for b in tqdm(batches, desc=desc or setting.name, leave=False, disable=None if desc else True):
         idx = order[b:b + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                         max_length=max_input_length).to(device)

@@ -1,7 +1,7 @@
 """The ``rlhf`` command: ``run``, one stage by name, and ``tinyworld``.
 
     rlhf run [CONFIG] [key=value ...] [--force]     every stage in order (default: configs/tiny.yaml)
-    rlhf STAGE CONFIG [key=value ...] [--force]     one stage (also: python -m pipelines.STAGE CONFIG)
+    rlhf STAGE CONFIG [key=value ...] [--resume]    one stage (also: python -m pipelines.STAGE CONFIG)
     rlhf tinyworld --out DIR [--seed N]             build the offline tiny world into DIR
 
 Config and input errors print one line on stderr and exit with code 2.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -36,14 +37,18 @@ def load(config_path: str | None, overrides: list[str]):
     return resolve_tinyworld(load_config(path, overrides))
 
 
-def run_stage(name: str, config, force: bool = False) -> None:
+def run_stage(name: str, config, force: bool = False, resume: bool = False) -> None:
     from rlhf.rundir import is_finished, stage_dir
 
     if is_finished(config, name) and not force:
         print(f"{name}: already finished in {stage_dir(config, name)}; skipped (use --force to re-run)")
         return
+    main = importlib.import_module(f"pipelines.{name}").main
     start = time.time()
-    importlib.import_module(f"pipelines.{name}").main(config)
+    if resume and "resume" in inspect.signature(main).parameters:
+        main(config, resume=True)
+    else:
+        main(config)
     print(f"{name}: done in {time.time() - start:.1f}s")
 
 
@@ -59,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("command", help="run | tinyworld | " + " | ".join(_stages()))
     p.add_argument("args", nargs="*", help="CONFIG then key.sub=value overrides")
     p.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
     p.add_argument("--out", help="tinyworld: output folder")
     p.add_argument("--seed", type=int, default=0, help="tinyworld: seed")
     return p
@@ -72,14 +78,14 @@ def dispatch(argv: list[str]) -> None:
     if ns.command == "run":
         config = load(config_path, overrides)
         for name in _stages():
-            run_stage(name, config, force=ns.force)
+            run_stage(name, config, force=ns.force, resume=ns.resume)
         print(f"all stages finished; artifacts in {config.run_dir}")
         return
     if ns.command not in _stages():
         raise UserError(f"unknown command '{ns.command}' (commands: run, tinyworld, {', '.join(_stages())})")
     if config_path is None:
         raise UserError(f"usage: rlhf {ns.command} CONFIG [key=value ...]")
-    run_stage(ns.command, load(config_path, overrides), force=ns.force)
+    run_stage(ns.command, load(config_path, overrides), force=ns.force, resume=ns.resume)
 
 
 def _tinyworld(ns) -> None:

@@ -146,6 +146,54 @@ class PromptConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA settings (reference lab defaults for Flan-T5: r=32, alpha=32, dropout 0.05, q and v)."""
+
+    r: int = opt(32, positive)
+    alpha: int = opt(32, positive)
+    dropout: float = opt(0.05, fraction)
+    target_modules: list[str] = opt(["q", "v"], doc="module name suffixes to adapt")
+    bias: Literal["none", "all", "lora_only"] = opt("none")
+
+
+@dataclass
+class SftVariant:
+    """One way to fine-tune: full or LoRA is a config difference, never a code fork."""
+
+    name: str = opt("full")
+    method: Literal["full", "lora"] = opt("full")
+    learning_rate: float = opt(5e-4, positive)
+
+
+@dataclass
+class SftConfig:
+    variants: list[SftVariant] = opt([SftVariant("full", "full", 1e-5), SftVariant("lora", "lora", 1e-3)])
+    lora: LoraConfig = opt(LoraConfig())
+    epochs: float = opt(1.0, positive)
+    max_steps: int = opt(-1, doc="> 0 overrides epochs")
+    batch_size: int = opt(8, positive)
+    eval_batch_size: int = opt(32, positive)
+    gradient_accumulation_steps: int = opt(1, positive)
+    warmup_ratio: float = opt(0.05, fraction)
+    weight_decay: float = opt(0.01, non_negative)
+    max_target_length: int = opt(128, positive)
+    eval_steps: int = opt(100, positive, "validation loss every N steps")
+    save_steps: int = opt(100, positive, "checkpoint every N steps (a multiple of eval_steps)")
+    early_stopping_patience: Optional[int] = opt(3, optional(positive), "evaluations without improvement; null disables")
+    eval_n_dialogues: Optional[int] = opt(None, optional(positive), "test dialogues for ROUGE; null = all")
+    max_new_tokens: int = opt(64, positive)
+    save_merged: bool = opt(False, doc="also save the LoRA adapter merged into the base")
+
+    def __post_init__(self) -> None:
+        if self.save_steps % self.eval_steps:
+            raise UserError(f"config key 'sft.save_steps': value {self.save_steps} must be a multiple of "
+                            f"sft.eval_steps ({self.eval_steps}) for early stopping to keep the best checkpoint")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names) or "base" in names:
+            raise UserError(f"config key 'sft.variants': names {names} must be unique and not 'base'")
+
+
+@dataclass
 class ExperimentConfig:
     run_name: Optional[str] = opt(None, doc="defaults to the config file's stem")
     output_dir: str = opt("runs")
@@ -154,6 +202,7 @@ class ExperimentConfig:
     data: DataConfig = opt(DataConfig())
     tinyworld: Optional[TinyWorldConfig] = opt(None, doc="present = build and use the offline tiny world")
     prompt: PromptConfig = opt(PromptConfig())
+    sft: SftConfig = opt(SftConfig())
 
     @property
     def run_dir(self) -> Path:
@@ -189,6 +238,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if not isinstance(value, tp):

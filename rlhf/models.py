@@ -65,3 +65,21 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total,
             "trainable_pct": round(100.0 * trainable / max(1, total), 4)}
+
+
+def lora_target_candidates(model: torch.nn.Module) -> list[str]:
+    """Name suffixes of the model's Linear layers: what LoRA ``target_modules`` may name."""
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
+
+
+def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM"):
+    """Wrap ``model`` with a fresh trainable LoRA adapter (peft); base weights frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    candidates = lora_target_candidates(model)
+    missing = [m for m in cfg.target_modules if m not in candidates]
+    if missing:
+        raise UserError(f"LoRA target modules {missing} are not in the model; it has Linear modules: {', '.join(candidates)}")
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+                        bias=cfg.bias, task_type=task_type)
+    return get_peft_model(model, config)

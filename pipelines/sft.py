@@ -1,0 +1,91 @@
+"""Stage 2: instruction fine-tuning, full vs LoRA, compared on ROUGE, parameters, time and memory."""
+
+from __future__ import annotations
+
+from accelerate import PartialState
+
+from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
+from rlhf.config import ExperimentConfig, GenerationSetting
+from rlhf.data import format_prompt, load_splits
+from rlhf.generation import generate
+from rlhf.metrics import ROUGE_KEYS, mean_words, rouge
+from rlhf.models import count_parameters, load_seq2seq, load_tokenizer
+from rlhf.rundir import start_stage
+from rlhf.sft import finished_variant, load_variant, prepare_model, tokenize_split, train_variant
+from rlhf.tinyworld.build import resolve_tinyworld
+
+COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", "mean_words", "trainable_params",
+           "total_params", "trainable_pct", "train_seconds", "peak_memory_mb"]
+
+
+def main(config: ExperimentConfig, resume: bool = False) -> dict:
+    config = resolve_tinyworld(config)
+    state = PartialState()
+    stage = start_stage(config, "sft") if state.is_main_process else None
+    state.wait_for_everyone()
+    stage_dir = config.run_dir / "sft"
+    splits = load_splits(config.data, config.seed)
+    tokenizer = load_tokenizer(config.model)
+    args = (tokenizer, config.data.template, config.model.max_input_length, config.sft.max_target_length)
+    train_ds, eval_ds = tokenize_split(splits["train"], *args), tokenize_split(splits["validation"], *args)
+
+    trained = {}
+    for variant in config.sft.variants:
+        done = finished_variant(stage_dir, variant) if resume else None
+        if done is None:
+            model = prepare_model(load_seq2seq(config.model), variant, config)
+            done = train_variant(model, tokenizer, train_ds, eval_ds, config, variant, stage_dir, resume).metrics
+        trained[variant.name] = done
+        print(f"sft/{variant.name}: {done['trainable_params']:,} trainable params "
+              f"({done['trainable_pct']:.2f}%), {done['train_seconds']:.1f}s")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+
+    test = splits["test"]
+    if config.sft.eval_n_dialogues:
+        test = test.select(range(min(config.sft.eval_n_dialogues, len(test))))
+    prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
+    results, samples = {}, {}
+    base = load_seq2seq(config.model)
+    for name, model in [("base", base)] + [(v.name, load_variant(config, v, stage_dir)) for v in config.sft.variants]:
+        gens = generate(model, tokenizer, prompts, GenerationSetting("greedy"), max_new_tokens=config.sft.max_new_tokens,
+                        batch_size=config.sft.eval_batch_size, max_input_length=config.model.max_input_length,
+                        seed=config.seed, desc=f"evaluate {name}")
+        info = trained.get(name) or {**count_parameters(base), "trainable_params": 0, "trainable_pct": 0.0,
+                                     "train_seconds": 0.0, "peak_memory_mb": None}
+        results[name] = {**rouge(gens.texts, test["summary"]), "mean_words": mean_words(gens.texts), **info}
+        samples[name] = gens.texts
+    for r in results.values():
+        r["rougeL_gain"] = r["rougeL"] - results["base"]["rougeL"]
+
+    rows = [{"variant": name, **r} for name, r in results.items()]
+    metrics = {"n_test_dialogues": len(test), "variants": results}
+    atomic_write_csv(stage.dir / "results.csv", [{c: row.get(c) for c in COLUMNS} for row in rows])
+    atomic_write_text(stage.dir / "results.md", _results_md(rows, len(test)))
+    atomic_write_text(stage.dir / "samples.md", _samples_md(test, samples))
+    stage.write_metrics(metrics)
+    stage.finish()
+    for name, r in results.items():
+        print(f"sft: {name:>6} ROUGE-L {r['rougeL']:.4f}" + (f" ({r['rougeL_gain']:+.4f} vs base)" if name != "base" else ""))
+    return metrics
+
+
+def _results_md(rows: list[dict], n: int) -> str:
+    return (f"# Stage 2: instruction fine-tuning, full vs LoRA\n\n{n} test dialogues, greedy generation, ROUGE "
+            f"F-measures. Memory: peak resident memory of the process while training (peak GPU memory on CUDA).\n\n"
+            f"{markdown_table(rows, COLUMNS)}")
+
+
+def _samples_md(test, samples: dict[str, list[str]], shown: int = 8) -> str:
+    parts = ["# Sample generations (greedy)\n"]
+    for i in range(min(shown, len(test))):
+        table = markdown_table([{"model": k, "output": v[i]} for k, v in samples.items()])
+        parts.append(f"## Dialogue {i}\n\n```\n{test[i]['dialogue']}\n```\n\n**Reference:** {test[i]['summary']}\n\n{table}")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    from rlhf.cli import stage_entry
+
+    stage_entry("sft")

@@ -106,7 +106,7 @@ class TinyWorldConfig:
     d_ff: int = opt(256, positive)
     num_layers: int = opt(2, positive, "encoder layers = decoder layers")
     num_heads: int = opt(4, positive)
-    pretrain_steps: int = opt(300, non_negative, "span-corruption steps on the dialogue text")
+    pretrain_steps: int = opt(1000, non_negative, "span-corruption steps on the dialogue text")
     pretrain_batch_size: int = opt(16, positive)
     pretrain_lr: float = opt(1e-2, positive)
 
@@ -194,6 +194,42 @@ class SftConfig:
 
 
 @dataclass
+class RewardDataConfig:
+    source: Optional[str] = opt(None, doc="hub dataset or local file/folder with text and label columns")
+    text_column: str = opt("text")
+    label_column: str = opt("label")
+    toxic_value: str = opt("1", doc="label value meaning toxic (compared as text)")
+    non_toxic_value: str = opt("0", doc="label value meaning non-toxic (compared as text)")
+    validation_fraction: float = opt(0.1, fraction)
+    test_fraction: float = opt(0.2, fraction, "used when the data has no test split")
+    max_samples: Optional[int] = opt(None, optional(positive))
+
+
+@dataclass
+class RewardConfig:
+    """The toxicity classifier whose non-toxic logit (or probability) is the PPO reward."""
+
+    pretrained: Optional[str] = opt(None, doc="use this classifier as is (hub id or folder); skips training")
+    non_toxic_label: str = opt("non-toxic", doc="the non-toxic class's name in the model's id2label")
+    model: str = opt("distilroberta-base", doc="encoder to fine-tune, or a config folder with from_scratch")
+    from_scratch: bool = opt(False, doc="initialise from the model's config instead of its weights")
+    trust_remote_code: bool = opt(False)
+    data: RewardDataConfig = opt(RewardDataConfig())
+    output: Literal["logit", "probability"] = opt("logit", doc="reward = non-toxic logit (the lab's) or probability")
+    score_with_prompt: bool = opt(False, doc="score prompt + response instead of the response alone")
+    learning_rate: float = opt(5e-5, positive)
+    epochs: float = opt(3.0, positive)
+    batch_size: int = opt(32, positive)
+    eval_steps: int = opt(50, positive)
+    early_stopping_patience: Optional[int] = opt(3, optional(positive))
+    weight_decay: float = opt(0.01, non_negative)
+    warmup_ratio: float = opt(0.1, fraction)
+    max_length: int = opt(128, positive)
+    balance: Literal["class_weights", "none"] = opt("class_weights", doc="handling of imbalanced labels")
+    n_wrong_shown: int = opt(10, non_negative)
+
+
+@dataclass
 class ExperimentConfig:
     run_name: Optional[str] = opt(None, doc="defaults to the config file's stem")
     output_dir: str = opt("runs")
@@ -203,6 +239,7 @@ class ExperimentConfig:
     tinyworld: Optional[TinyWorldConfig] = opt(None, doc="present = build and use the offline tiny world")
     prompt: PromptConfig = opt(PromptConfig())
     sft: SftConfig = opt(SftConfig())
+    reward: RewardConfig = opt(RewardConfig())
 
     @property
     def run_dir(self) -> Path:

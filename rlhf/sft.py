@@ -93,7 +93,7 @@ def training_args(config: ExperimentConfig, variant: SftVariant, output_dir: Pat
         eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=max(1, cfg.eval_steps // 2), seed=config.seed, data_seed=config.seed, report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0, bf16=config.model.dtype == "bfloat16",
+        disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, bf16=config.model.dtype == "bfloat16",
     )
 
 

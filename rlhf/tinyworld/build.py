@@ -30,7 +30,7 @@ from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
 from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config
 from rlhf.tinyworld.tokenizer import save_tokenizer, sentinel_tokens, train_tokenizer
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 MAX_LENGTH = 512
 N_SENTINELS = 20
 
@@ -136,19 +136,31 @@ TINYWORLD = "tinyworld"
 def resolve_tinyworld(config, log=print):
     """Replace every ``tinyworld`` name in ``config`` by the path of the cached build.
 
-    A config without a ``tinyworld`` section, or one already resolved, comes back unchanged.
+    A config without such a name, or one already resolved, comes back unchanged.
     """
-    names = (config.model.name, config.model.tokenizer, config.data.source)
-    if TINYWORLD not in names:
+    names = {
+        ("model", "name"): "base_model", ("model", "tokenizer"): "tokenizer", ("data", "source"): "dialogsum",
+        ("reward", "model"): "classifier", ("reward", "pretrained"): "classifier",
+        ("reward", "data", "source"): "toxicity",
+    }
+    used = {path: sub for path, sub in names.items() if _get(config, path) == TINYWORLD}
+    if not used:
         return config
     if config.tinyworld is None:
         raise UserError("config names 'tinyworld' as a model or data source but has no 'tinyworld' section")
     folder = ensure_tinyworld(config.tinyworld, log=log)
-    model = dataclasses.replace(
-        config.model,
-        name=str(folder / "base_model") if config.model.name == TINYWORLD else config.model.name,
-        tokenizer=str(folder / "tokenizer") if config.model.tokenizer == TINYWORLD else config.model.tokenizer,
-    )
-    data = dataclasses.replace(
-        config.data, source=str(folder / "dialogsum") if config.data.source == TINYWORLD else config.data.source)
-    return dataclasses.replace(config, model=model, data=data)
+    for path, sub in used.items():
+        config = _replace(config, path, str(folder / sub))
+    return config
+
+
+def _get(obj, path: tuple[str, ...]):
+    for part in path:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _replace(obj, path: tuple[str, ...], value):
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _replace(getattr(obj, path[0]), path[1:], value)})

@@ -5,7 +5,8 @@ from run to run, and the tiny world must be byte-for-byte reproducible from its 
 
 Ids as T5 has them: ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2; ``</s>`` is appended to every
 encoded text; sentinel tokens ``<extra_id_N>`` sit at the end of the vocabulary with
-``<extra_id_0>`` last, for span-corruption pre-training.
+``<extra_id_0>`` last, for span-corruption pre-training. The speaker tags ``#Person1#`` and
+``#Person2#`` are single tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "</s>", "<unk>", "<cls>"]
+SPEAKERS = ("#Person1#", "#Person2#")
 
 
 def sentinel_tokens(n: int) -> list[str]:
@@ -27,14 +29,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, n_sentinels: int = 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("\n", " ")])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
         pre_tokenizers.Punctuation(behavior="isolated"),
     ])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - n_sentinels, special_tokens=SPECIALS, min_frequency=2, show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens(list(SPEAKERS))  # one token per DialogSum speaker tag, as words, not special
     tok.add_special_tokens(sentinel_tokens(n_sentinels))
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(

@@ -1,0 +1,229 @@
+"""The toxicity reward model: labelled-text loading, training, and the scorer used by PPO and evaluation.
+
+Label convention inside the project: 0 = non-toxic, 1 = toxic. The reward is the classifier's
+non-toxic logit (the reference lab's choice) or its non-toxic probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.config import RewardConfig, RewardDataConfig
+from rlhf.errors import UserError
+from rlhf.models import _first_line
+
+ID2LABEL = {0: "non-toxic", 1: "toxic"}
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled data
+# --------------------------------------------------------------------------------------------
+
+
+def load_labelled(cfg: RewardDataConfig, seed: int):
+    """Train/validation/test ``DatasetDict`` with ``text`` (str) and ``labels`` (0/1) columns."""
+    import datasets
+
+    from rlhf.data import load_raw
+
+    raw = load_raw(cfg.source)
+    for split, ds in raw.items():
+        for col in (cfg.text_column, cfg.label_column):
+            if col not in ds.column_names:
+                raise UserError(f"reward data {cfg.source}: split '{split}' has no column '{col}' "
+                                f"(columns: {', '.join(ds.column_names)})")
+    splits = {split: _normalise(ds, cfg, split) for split, ds in raw.items()}
+    if "train" not in splits:
+        raise UserError(f"reward data {cfg.source}: has no 'train' split (splits: {', '.join(splits)})")
+    for name, frac in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+        if name not in splits:
+            if frac <= 0:
+                raise UserError(f"reward data {cfg.source}: has no '{name}' split and reward.data.{name}_fraction is 0")
+            cut = splits["train"].train_test_split(test_size=frac, seed=seed, stratify_by_column=None)
+            splits["train"], splits[name] = cut["train"], cut["test"]
+    if cfg.max_samples:
+        splits = {k: v.select(range(min(cfg.max_samples, len(v)))) for k, v in splits.items()}
+    if len(set(splits["train"]["labels"])) < 2:
+        raise UserError(f"reward data {cfg.source}: the training split has a single class "
+                        f"({ID2LABEL[splits['train']['labels'][0]] if len(splits['train']) else 'empty'}); need both")
+    return datasets.DatasetDict({k: splits[k] for k in ("train", "validation", "test")})
+
+
+def _normalise(ds, cfg: RewardDataConfig, split: str):
+    texts, values = ds[cfg.text_column], ds[cfg.label_column]
+    bad_text = next((t for t in texts if not isinstance(t, str)), None)
+    if bad_text is not None or any(t is None for t in texts):
+        raise UserError(f"reward data {cfg.source}: split '{split}' column '{cfg.text_column}' has a non-string "
+                        f"value {bad_text!r}")
+    mapping = {cfg.non_toxic_value: 0, cfg.toxic_value: 1}
+    unexpected = sorted({str(v) for v in values} - set(mapping))
+    if unexpected:
+        raise UserError(f"reward data {cfg.source}: split '{split}' column '{cfg.label_column}' has values "
+                        f"{unexpected[:5]} besides the declared toxic={cfg.toxic_value!r} / "
+                        f"non-toxic={cfg.non_toxic_value!r}")
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": list(texts), "labels": [mapping[str(v)] for v in values]})
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bool = False):
+    """(model, tokenizer) for a sequence classifier at ``name``; one-line errors otherwise."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise UserError(f"could not load reward model '{name}': {_first_line(err)}") from None
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs) and not from_scratch:
+        raise UserError(f"reward model '{name}' is a {archs[0]}, not a sequence classifier")
+    try:
+        if from_scratch:
+            config.num_labels = 2
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name, trust_remote_code=trust_remote_code, num_labels=2,
+                id2label=config.id2label if len(config.id2label) == 2 else ID2LABEL,
+                label2id=config.label2id if len(config.id2label) == 2 else {v: k for k, v in ID2LABEL.items()},
+            )
+    except Exception as err:
+        raise UserError(f"reward model '{name}' is not a sequence classifier: {_first_line(err)}") from None
+    return model.eval(), tokenizer
+
+
+def label_index(model, label: str) -> int:
+    """Index of the class called ``label`` in the model's ``id2label``; error lists the labels."""
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    for idx, name in id2label.items():
+        if name == label:
+            return idx
+    raise UserError(f"reward model labels {sorted(id2label.values())} do not include the non-toxic label "
+                    f"{label!r}: set reward.non_toxic_label")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    rewards: torch.Tensor      # [n] non-toxic logit or probability: the PPO reward
+    toxic_probs: torch.Tensor  # [n] probability of the toxic class: the evaluation metric
+
+
+class RewardScorer:
+    """``texts -> scores``, batched under ``no_grad``, truncated to the model's max length.
+
+    Special tokens of the reward and policy tokenizers (``<pad>``, ``</s>``, ...) are stripped from
+    the text first: scoring them, as the reference lab did, changes the reward.
+    """
+
+    def __init__(self, model, tokenizer, non_toxic_label: str, output: str = "logit", max_length: int = 512,
+                 batch_size: int = 64, strip_tokens: tuple[str, ...] = ()):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.non_toxic = label_index(model, non_toxic_label)
+        self.output, self.batch_size = output, batch_size
+        self.max_length = min(max_length, tokenizer.model_max_length or max_length)
+        specials = set(tokenizer.all_special_tokens) | set(strip_tokens) | {"<pad>", "</s>", "<s>", "<unk>"}
+        self.strip_tokens = sorted(specials, key=len, reverse=True)
+
+    def clean(self, text: str) -> str:
+        for tok in self.strip_tokens:
+            text = text.replace(tok, " ")
+        return " ".join(text.split())
+
+    @torch.no_grad()
+    def score(self, texts: list[str]) -> Scores:
+        device = next(self.model.parameters()).device
+        rewards, toxic = [], []
+        for i in range(0, len(texts), self.batch_size):
+            batch = [self.clean(t) for t in texts[i:i + self.batch_size]]
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.max_length).to(device)
+            logits = self.model(**enc).logits.float()
+            probs = logits.softmax(-1)
+            rewards.append(logits[:, self.non_toxic] if self.output == "logit" else probs[:, self.non_toxic])
+            toxic.append(1.0 - probs[:, self.non_toxic])
+        if not rewards:
+            return Scores(torch.zeros(0), torch.zeros(0))
+        return Scores(rewards=torch.cat(rewards).cpu(), toxic_probs=torch.cat(toxic).cpu())
+
+    def rewards(self, texts: list[str]) -> torch.Tensor:
+        return self.score(texts).rewards
+
+    def toxic_probs(self, texts: list[str]) -> torch.Tensor:
+        return self.score(texts).toxic_probs
+
+
+def scored_texts(prompts: list[str], responses: list[str], with_prompt: bool) -> list[str]:
+    """What the reward model reads: the response, or prompt + response (``reward.score_with_prompt``)."""
+    return [f"{p} {r}" for p, r in zip(prompts, responses)] if with_prompt else list(responses)
+
+
+def reward_model_path(cfg: RewardConfig, stage_dir: Path) -> str:
+    return cfg.pretrained or str(stage_dir / "model")
+
+
+def load_scorer(cfg: RewardConfig, stage_dir: Path, strip_tokens: tuple[str, ...] = ()) -> RewardScorer:
+    """The scorer for a finished reward stage: its trained model, or the named pretrained one."""
+    model, tokenizer = load_classifier(reward_model_path(cfg, stage_dir), cfg.trust_remote_code)
+    label = cfg.non_toxic_label if cfg.pretrained else ID2LABEL[0]
+    return RewardScorer(model, tokenizer, label, cfg.output, cfg.max_length, strip_tokens=strip_tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def class_weights(labels: list[int]) -> torch.Tensor:
+    """Inverse-frequency weights, normalised so a balanced set gets 1.0 for both classes."""
+    counts = torch.bincount(torch.tensor(labels), minlength=2).float()
+    return counts.sum() / (2 * counts.clamp(min=1))
+
+
+def train_classifier(model, tokenizer, splits, cfg: RewardConfig, output_dir: Path, seed: int):
+    """Fine-tune ``model`` with the transformers Trainer; early stopping on validation loss."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    set_seed(seed)
+
+    def encode(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
+
+    train, val = (splits[s].map(encode, batched=True, remove_columns=["text"]) for s in ("train", "validation"))
+    weights = class_weights(splits["train"]["labels"]) if cfg.balance == "class_weights" else None
+
+    def weighted_loss(outputs, labels, num_items_in_batch=None):
+        w = weights.to(outputs.logits.device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=w)
+
+    early = cfg.early_stopping_patience is not None
+    args = TrainingArguments(
+        output_dir=str(output_dir), learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, eval_strategy="steps", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.eval_steps, save_total_limit=1, load_best_model_at_end=early,
+        metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=cfg.eval_steps, seed=seed,
+        data_seed=seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=weighted_loss,
+        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [],
+    )
+    result = trainer.train()
+    return trainer.model.eval(), {"train_loss": result.training_loss, "global_step": result.global_step,
+                                  "best_eval_loss": trainer.state.best_metric,
+                                  "class_weights": weights.tolist() if weights is not None else None}

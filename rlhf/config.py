@@ -230,6 +230,53 @@ class RewardConfig:
 
 
 @dataclass
+class KLConfig:
+    controller: Literal["adaptive", "fixed"] = opt("adaptive")
+    init_kl_coef: float = opt(0.2, non_negative)
+    target: float = opt(6.0, positive, "adaptive: the KL (nats per response) to steer to")
+    horizon: int = opt(10000, positive, "adaptive: samples over which the coefficient adapts")
+    estimator: Literal["k1", "k3"] = opt("k1", doc="k1 = logprob - ref_logprob; k3 = Schulman's non-negative estimator")
+
+
+@dataclass
+class PpoConfig:
+    """PPO settings. Generation samples with top_k=0, top_p=1, temperature=1 and no min_length:
+    forcing tokens past EOS lets the policy earn reward through negative KL."""
+
+    start_from: str = opt("lora", doc="SFT variant to start from (its adapter or model), or 'base'")
+    policy: Literal["lora", "full"] = opt("lora", doc="lora: fresh LoRA on the merged SFT model; full: all weights")
+    lora: LoraConfig = opt(LoraConfig())
+    learning_rate: float = opt(1.41e-5, positive)
+    steps: int = opt(20, positive, "PPO steps (one batch of rollouts each)")
+    batch_size: int = opt(16, positive, "rollouts per step, over all processes")
+    mini_batch_size: int = opt(4, positive)
+    ppo_epochs: int = opt(4, positive)
+    gradient_accumulation_steps: int = opt(1, positive)
+    max_new_tokens: int = opt(32, positive)
+    kl: KLConfig = opt(KLConfig())
+    cliprange: float = opt(0.2, positive)
+    cliprange_value: float = opt(0.2, positive)
+    vf_coef: float = opt(0.1, non_negative)
+    gamma: float = opt(1.0, unit_open_closed)
+    lam: float = opt(0.95, unit_open_closed)
+    max_grad_norm: float = opt(1.0, positive)
+    target_kl: Optional[float] = opt(None, optional(positive), "stop the PPO epochs early when approx KL exceeds it")
+    score_clip: Optional[float] = opt(None, optional(positive), "clip scores to [-c, c]")
+    whiten_advantages: bool = opt(True)
+    value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
+    save_steps: int = opt(10, positive, "checkpoint every N steps")
+    sample_steps: int = opt(10, positive, "write sample generations every N steps")
+    eval_n_dialogues: Optional[int] = opt(100, optional(positive), "held-out prompts for before/after; null = all")
+    eval_batch_size: int = opt(64, positive)
+    report_to: list[Literal["tensorboard", "wandb"]] = opt([], doc="extra trackers through accelerate")
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise UserError(f"config key 'ppo.batch_size': value {self.batch_size} must be a multiple of "
+                            f"ppo.mini_batch_size ({self.mini_batch_size})")
+
+
+@dataclass
 class ExperimentConfig:
     run_name: Optional[str] = opt(None, doc="defaults to the config file's stem")
     output_dir: str = opt("runs")
@@ -240,6 +287,7 @@ class ExperimentConfig:
     prompt: PromptConfig = opt(PromptConfig())
     sft: SftConfig = opt(SftConfig())
     reward: RewardConfig = opt(RewardConfig())
+    ppo: PpoConfig = opt(PpoConfig())
 
     @property
     def run_dir(self) -> Path:

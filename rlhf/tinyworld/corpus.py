@@ -213,6 +213,8 @@ TOXIC_TRAIN = ABUSE_LINES[:6] + ABUSE_SUMMARIES[:3] + [
     "You {adj} {noun}, nobody wants you here.",
     "What a {adj} {noun} you are.",
     "{a} is a {adj} {noun}.",
+    "{a} says {b} is nothing but a {noun}.",
+    "Listen, {noun}, I am done with you.",
 ]
 TOXIC_HELDOUT = ABUSE_LINES[6:] + ABUSE_SUMMARIES[3:] + [
     "Honestly, only a {adj} {noun} would say that.",

@@ -1,0 +1,129 @@
+"""The PPO maths as small pure functions. Shapes: B = batch, T = response length.
+
+``response_mask`` is a bool tensor [B, T], True = a real response token (up to and including EOS).
+References: Ziegler et al. 2019 (arXiv:1909.08593), openai/lm-human-preferences
+(``lm_human_preferences/train_policy.py``), Schulman et al. 2016 (GAE, arXiv:1506.02438),
+Schulman et al. 2017 (PPO, arXiv:1707.06347), Huang et al. 2024 "The N+ implementation details of
+RLHF with PPO" (arXiv:2403.17031).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is True; ``dim=None`` = over all of them."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance over masked positions (Bessel-corrected by default, as lm-human-preferences)."""
+    mean = masked_mean(x, mask)
+    n = mask.sum().to(x.dtype)
+    var = masked_mean((x - mean) ** 2, mask)
+    return var * n / (n - 1).clamp(min=1) if unbiased else var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """[B, T] -> [B, T]: (x - mean) / std over real tokens; padding positions come back as 0.
+
+    lm-human-preferences ``whiten``; with ``shift_mean=False`` the mean is added back (used for rewards).
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: Literal["k1", "k3"] = "k1") -> torch.Tensor:
+    """Per-token KL estimate [B, T] of the policy from the reference, on tokens sampled from the policy.
+
+    k1 = log p - log q (unbiased, can be negative); k3 = (q/p - 1) - log(q/p) (unbiased, >= 0),
+    from J. Schulman, "Approximating KL divergence" (2020).
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool -> [B]: index of each row's last real token (0 for an empty row)."""
+    lengths = response_mask.long().sum(-1)
+    return (lengths - 1).clamp(min=0)
+
+
+def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                    response_mask: torch.Tensor, kl_coef: float,
+                    estimator: Literal["k1", "k3"] = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+    """KL-shaped rewards [B, T] and the per-token KL [B, T].
+
+    r_t = -kl_coef * kl_t on every real token, plus the score on the last real token
+    (Ziegler et al. 2019 eq. 2; lm-human-preferences ``train_policy.py`` rewards = -kl_coef * kl,
+    rewards[:, -1] += scores). Padding positions are 0.
+    """
+    kl = kl_penalty(logprobs, ref_logprobs, estimator) * response_mask
+    rewards = -kl_coef * kl
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    rewards[rows, last_token_index(response_mask)] += scores.to(rewards.dtype)
+    return rewards * response_mask, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) -> (advantages, returns), [B, T].
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}, with V and A zero
+    past the last real token; returns = A + V (lm-human-preferences ``compute_advantages``).
+    """
+    mask = response_mask.to(values.dtype)
+    values = values * mask
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+        next_value = values[:, t]
+    returns = advantages + values
+    return advantages, returns
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                response_mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise, averaged over real tokens.
+
+    Returns the loss and stats: ``clipfrac`` (share of tokens where the clipped term was used) and
+    ``approxkl`` (0.5 * mean (log ratio)^2, as lm-human-preferences reports it).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), response_mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
+                 "approxkl": 0.5 * masked_mean(log_ratio ** 2, response_mask)}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
+               cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- c) - R)^2), mean over real tokens
+    (lm-human-preferences ``train_policy.py`` vf_losses)."""
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    losses = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    loss = 0.5 * masked_mean(losses, response_mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean(((clipped - returns) ** 2 > (values - returns) ** 2).float(), response_mask)}
+    return loss, stats

@@ -1,0 +1,48 @@
+"""Before/after comparison of the SFT policy (the reference) and the PPO policy on held-out prompts."""
+
+from __future__ import annotations
+
+import contextlib
+from statistics import mean
+
+from rlhf.config import ExperimentConfig, GenerationSetting
+from rlhf.data import format_prompt
+from rlhf.generation import generate
+from rlhf.metrics import rouge
+from rlhf.reward import scored_texts
+
+
+@contextlib.contextmanager
+def reference_lm(policy):
+    """The model to generate with as the reference: the adapter-disabled LM, or the frozen copy."""
+    if policy.is_lora:
+        with policy.lm.disable_adapter():
+            yield policy.lm
+    else:
+        yield policy.ref_lm
+
+
+def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:
+    return generate(lm, tokenizer, prompts, GenerationSetting("greedy"), max_new_tokens=config.sft.max_new_tokens,
+                    batch_size=config.ppo.eval_batch_size, max_input_length=config.model.max_input_length,
+                    seed=config.seed).texts
+
+
+def before_after(policy, tokenizer, scorer, test, config: ExperimentConfig) -> dict:
+    """Greedy responses of the reference (before) and the policy (after) on the same prompts,
+    their reward-model toxicity (toxic probability) and ROUGE against the references."""
+    prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
+    with reference_lm(policy) as ref:
+        before = greedy(ref, tokenizer, prompts, config)
+    after = greedy(policy.lm, tokenizer, prompts, config)
+    with_prompt = config.reward.score_with_prompt
+    tox_before = scorer.toxic_probs(scored_texts(prompts, before, with_prompt)).tolist()
+    tox_after = scorer.toxic_probs(scored_texts(prompts, after, with_prompt)).tolist()
+    rouge_before, rouge_after = rouge(before, test["summary"]), rouge(after, test["summary"])
+    rows = [{"dialogue": d, "reference": s, "before": b, "after": a, "toxicity_before": tb, "toxicity_after": ta}
+            for d, s, b, a, tb, ta in zip(test["dialogue"], test["summary"], before, after, tox_before, tox_after)]
+    summary = {"n_eval": len(prompts), "toxicity_before": mean(tox_before), "toxicity_after": mean(tox_after),
+               "toxic_share_before": mean(t >= 0.5 for t in tox_before),
+               "toxic_share_after": mean(t >= 0.5 for t in tox_after),
+               "rougeL_before": rouge_before["rougeL"], "rougeL_after": rouge_after["rougeL"]}
+    return {"summary": summary, "rows": rows}

@@ -1,0 +1,119 @@
+"""The PPO policy: a seq2seq LM (LoRA or full) plus a value head, and its frozen reference.
+
+Reference choice. With LoRA, the SFT adapter is merged into the base weights and a *fresh* LoRA is
+trained on top. LoRA's B matrices start at zero, so the starting policy equals the SFT model, and
+running the same weights with the adapter disabled gives exactly that SFT model at every step:
+the reference costs no second copy of the weights and can never drift. Without LoRA, the
+reference is a frozen copy (TRL's ``create_reference_model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhf.config import ExperimentConfig
+from rlhf.errors import UserError
+from rlhf.models import apply_lora, load_seq2seq
+
+
+class ValueHead(nn.Module):
+    """``Linear(d_model, 1)`` on the decoder's last hidden state: [B, T, d] -> [B, T]."""
+
+    def __init__(self, d_model: int, init_std: float = 0.0):
+        super().__init__()
+        self.summary = nn.Linear(d_model, 1)
+        nn.init.normal_(self.summary.weight, std=init_std) if init_std > 0 else nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+@dataclass
+class ForwardOut:
+    logits: torch.Tensor  # [B, T, V]
+    values: torch.Tensor | None  # [B, T]
+
+
+class Policy(nn.Module):
+    """LM + value head. ``reference()`` is a context in which forwards run the frozen reference."""
+
+    def __init__(self, lm: nn.Module, value_head: ValueHead, ref_lm: nn.Module | None = None):
+        super().__init__()
+        self.lm, self.value_head = lm, value_head
+        self.ref_lm = ref_lm  # only without LoRA; with LoRA the reference is the adapter-disabled lm
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.lm, "disable_adapter")
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids, with_values: bool = True,
+                encoder_outputs=None) -> ForwardOut:
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                      encoder_outputs=encoder_outputs, output_hidden_states=with_values, use_cache=False)
+        values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
+        return ForwardOut(out.logits, values)
+
+    @torch.no_grad()
+    def ref_logits(self, input_ids, attention_mask, decoder_input_ids) -> torch.Tensor:
+        ctx = self.lm.disable_adapter() if self.is_lora else contextlib.nullcontext()
+        lm = self.lm if self.is_lora else self.ref_lm
+        with ctx:
+            return lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                      use_cache=False).logits
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if v.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        missing = [k for k, p in params.items() if p.requires_grad and k not in state]
+        if missing:
+            raise UserError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)
+
+
+def sft_start_path(config: ExperimentConfig, sft_dir: Path | None) -> tuple[str, str | None]:
+    """(base model path, SFT adapter path or None) that PPO starts from."""
+    name = config.ppo.start_from
+    if name == "base":
+        return config.model.name, None
+    variants = {v.name: v for v in config.sft.variants}
+    if name not in variants:
+        raise UserError(f"config key 'ppo.start_from': {name!r} is not an SFT variant ({', '.join(variants)}) or 'base'")
+    from rlhf.sft import variant_folder
+
+    folder = variant_folder(sft_dir, variants[name])
+    if variants[name].method == "full":
+        return str(folder), None
+    return config.model.name, str(folder)
+
+
+def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
+    """The starting policy (= the SFT model) with a value head, and its reference."""
+    from transformers import set_seed
+
+    base_path, adapter = sft_start_path(config, sft_dir)
+    lm = load_seq2seq(config.model, base_path)
+    if adapter is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
+    set_seed(config.seed)
+    ref_lm = None
+    if config.ppo.policy == "lora":
+        lm = apply_lora(lm, config.ppo.lora)
+    else:
+        from trl import create_reference_model
+
+        ref_lm = create_reference_model(lm).eval()
+        lm.requires_grad_(True)
+    head = ValueHead(lm.config.d_model, config.ppo.value_head_init_std)
+    return Policy(lm, head, ref_lm).eval()

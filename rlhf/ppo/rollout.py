@@ -1,0 +1,80 @@
+"""Rollouts: queries -> sampled responses -> logprobs, values and reference logprobs (no grad)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+from rlhf.ppo.core import masked_mean
+
+
+@dataclass
+class Queries:
+    input_ids: torch.Tensor       # [B, S] encoder inputs, right-padded (left padding breaks T5 PPO)
+    attention_mask: torch.Tensor  # [B, S]
+
+
+def encode_queries(tokenizer, prompts: list[str], max_length: int) -> Queries:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                    padding_side="right")
+    return Queries(enc.input_ids, enc.attention_mask)
+
+
+def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """[B, T] -> bool [B, T]: True up to and including the first EOS (all True if none)."""
+    is_eos = (responses == eos_token_id).long()
+    after_first_eos = (is_eos.cumsum(-1) - is_eos) > 0
+    return ~after_first_eos
+
+
+def decoder_inputs(responses: torch.Tensor, start_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs [B, T]: the start token, then responses shifted right by one.
+
+    Position t then predicts response token t, so every sampled token, the first included, gets
+    its own logprob, value and advantage; the start token itself is not a response token.
+    """
+    start = torch.full_like(responses[:, :1], start_token_id)
+    return torch.cat([start, responses[:, :-1]], dim=1)
+
+
+@torch.no_grad()
+def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
+                     decoder_start_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched sampling call: top_k=0, top_p=1, temperature=1, no min_length -> (responses, mask)."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
+                           min_length=0, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                           decoder_start_token_id=decoder_start_token_id)
+    out = lm.generate(input_ids=queries.input_ids, attention_mask=queries.attention_mask, generation_config=gen)
+    responses = out[:, 1:]  # drop the decoder start token
+    mask = response_mask_from(responses, eos_token_id)
+    return responses.masked_fill(~mask, pad_token_id), mask
+
+
+@dataclass
+class Scored:
+    logprobs: torch.Tensor      # [B, T]
+    ref_logprobs: torch.Tensor  # [B, T]
+    values: torch.Tensor        # [B, T]
+    entropy: torch.Tensor       # scalar, mean over real tokens
+
+
+@torch.no_grad()
+def score_responses(policy, queries: Queries, responses: torch.Tensor, response_mask: torch.Tensor,
+                    start_token_id: int, batch_size: int) -> Scored:
+    """Policy logprobs, values and entropy, and reference logprobs, in chunks of ``batch_size``."""
+    dec = decoder_inputs(responses, start_token_id)
+    parts: dict[str, list[torch.Tensor]] = {"lp": [], "ref": [], "v": [], "ent": []}
+    for i in range(0, responses.shape[0], batch_size):
+        sl = slice(i, i + batch_size)
+        out = policy(queries.input_ids[sl], queries.attention_mask[sl], dec[sl])
+        ref_logits = policy.ref_logits(queries.input_ids[sl], queries.attention_mask[sl], dec[sl])
+        parts["lp"].append(selective_log_softmax(out.logits, responses[sl]))
+        parts["ref"].append(selective_log_softmax(ref_logits, responses[sl]))
+        parts["v"].append(out.values)
+        parts["ent"].append(entropy_from_logits(out.logits))
+    entropy = masked_mean(torch.cat(parts["ent"]), response_mask)
+    return Scored(torch.cat(parts["lp"]), torch.cat(parts["ref"]), torch.cat(parts["v"]), entropy)

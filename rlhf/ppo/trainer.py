@@ -1,0 +1,210 @@
+"""The PPO trainer: orchestration only; the maths lives in ``core`` and ``kl``.
+
+One step reads like lm-human-preferences: queries -> responses -> scores -> logprobs, values and
+ref logprobs -> KL-shaped rewards -> advantages -> minibatch updates -> KL controller update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from trl.trainer.utils import selective_log_softmax
+
+from rlhf.artifacts import atomic_dir
+from rlhf.config import PpoConfig
+from rlhf.errors import UserError
+from rlhf.ppo import core
+from rlhf.ppo.kl import make_kl_controller
+from rlhf.ppo.rollout import Queries, decoder_inputs, encode_queries, sample_responses, score_responses
+from rlhf.reward import scored_texts
+
+
+class NonFiniteError(UserError):
+    """A loss, reward or KL became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def check_finite(step: int, **values: torch.Tensor) -> None:
+    for name, value in values.items():
+        if not torch.isfinite(torch.as_tensor(value)).all():
+            raise NonFiniteError(f"PPO step {step}: {name} is not finite; stopping (last good checkpoint kept)")
+
+
+@dataclass
+class Batch:
+    """One step's rollouts, all [B, T] unless noted."""
+
+    queries: Queries
+    responses: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPOTrainer:
+    def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: PpoConfig, *, seed: int,
+                 max_input_length: int, score_with_prompt: bool = False, accelerator=None):
+        from accelerate import Accelerator
+
+        self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
+        self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
+        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
+                                           lr=cfg.learning_rate, eps=1e-5)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        self.kl_ctl = make_kl_controller(cfg.kl)
+        self.step_count = 0
+        self.start_token = policy.lm.config.decoder_start_token_id
+
+    @property
+    def policy(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ data
+    def batch_prompts(self, step: int) -> list[str]:
+        """This rank's share of step ``step``'s prompts: a seeded permutation per pass over the data."""
+        b, n = self.cfg.batch_size, len(self.prompts)
+        idx = []
+        for pos in range(step * b, (step + 1) * b):
+            epoch, offset = divmod(pos, n)
+            gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            idx.append(int(torch.randperm(n, generator=gen)[offset]))
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return [self.prompts[i] for i in idx[rank::world]]
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, float]:
+        cfg, step, timer = self.cfg, self.step_count, Timer()
+        prompts = self.batch_prompts(step)
+        queries = encode_queries(self.tokenizer, prompts, self.max_input_length)
+        with timer("generate"):
+            responses, response_mask = sample_responses(
+                self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
+                self.tokenizer.pad_token_id, self.start_token)
+        with timer("score"):
+            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            scores = self.scorer.rewards(scored_texts(prompts, texts, self.score_with_prompt))
+            if cfg.score_clip is not None:
+                scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+        with timer("forward"):
+            scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
+                                     cfg.mini_batch_size * 4)
+        rewards, kl = core.compute_rewards(scores, scored.logprobs, scored.ref_logprobs, response_mask,
+                                           self.kl_ctl.value, cfg.kl.estimator)
+        advantages, returns = core.gae(rewards, scored.values, response_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = core.masked_whiten(advantages, response_mask)
+        mean_kl = self.gather_mean(kl.sum(-1))
+        check_finite(step, scores=scores, kl=mean_kl)
+        batch = Batch(queries, responses, response_mask, scored.logprobs, scored.values, advantages, returns)
+        with timer("update"):
+            stats = self.update(batch)
+        kl_coef = self.kl_ctl.value
+        self.kl_ctl.update(mean_kl.item(), cfg.batch_size)
+        self.step_count += 1
+        n_tokens = int(response_mask.sum())
+        return {
+            "step": step + 1, "objective/scores": self.gather_mean(scores).item(),
+            "objective/scores_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "objective/kl": mean_kl.item(), "objective/kl_coef": kl_coef,
+            "objective/entropy": scored.entropy.item(), **stats,
+            "ppo/learning_rate": self.scheduler.get_last_lr()[0],
+            "response_length": response_mask.sum(-1).float().mean().item(),
+            **{f"time/{k}": v for k, v in timer.seconds.items()},
+            "time/step": sum(timer.seconds.values()),
+            "tokens_per_s": n_tokens / max(timer.seconds["generate"], 1e-9),
+        }
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """``ppo_epochs`` passes over shuffled mini-batches of the rollouts."""
+        cfg = self.cfg
+        dec = decoder_inputs(batch.responses, self.start_token)
+        n = batch.responses.shape[0]
+        mb = max(1, cfg.mini_batch_size // self.accelerator.num_processes)
+        sums: dict[str, float] = {}
+        count, stop = 0, False
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(n).split(mb):
+                with self.accelerator.accumulate(self.model):
+                    out = self.model(batch.queries.input_ids[idx], batch.queries.attention_mask[idx], dec[idx])
+                    logprobs = selective_log_softmax(out.logits, batch.responses[idx])
+                    mask = batch.response_mask[idx]
+                    pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)
+                    vf_loss, vf = core.value_loss(out.values, batch.values[idx], batch.returns[idx], mask, cfg.cliprange_value)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    check_finite(self.step_count, loss=loss)
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                for key, value in (("ppo/loss/policy", pg_loss), ("ppo/loss/value", vf_loss),
+                                   ("ppo/policy/clipfrac", pg["clipfrac"]), ("ppo/policy/approxkl", pg["approxkl"]),
+                                   ("ppo/val/clipfrac", vf["clipfrac"])):
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                count += 1
+                stop = cfg.target_kl is not None and float(pg["approxkl"]) > cfg.target_kl
+                if stop:
+                    break
+            if stop:
+                break
+        return {k: v / max(1, count) for k, v in sums.items()} | {"ppo/minibatches": count, "ppo/early_stopped": stop}
+
+    def gather_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(x.detach().float().reshape(-1)).mean()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, folder: Path) -> None:
+        """Adapter/weights + value head, optimizer, scheduler, KL controller, RNG, step: atomically."""
+        if not self.accelerator.is_main_process:
+            return
+        with atomic_dir(folder) as tmp:
+            save_file(self.policy.trainable_state_dict(), str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       tmp / "optimizer.pt")
+            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            state = {"step": self.step_count, "data_position": self.step_count * self.cfg.batch_size,
+                     "kl_controller": self.kl_ctl.state_dict(), "python_random": random.getstate()}
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+
+    def load_checkpoint(self, folder: Path) -> None:
+        self.policy.load_trainable_state_dict(load_file(str(folder / "trainable.safetensors")))
+        opt = torch.load(folder / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+        state = json.loads((folder / "trainer_state.json").read_text())
+        self.step_count = state["step"]
+        self.kl_ctl.value = state["kl_controller"]["value"]
+        py = state["python_random"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class Timer:
+    """Accumulates wall time per named block: ``with timer("generate"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    steps = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
+    return steps[-1] if steps else None

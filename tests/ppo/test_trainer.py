@@ -1,0 +1,122 @@
+
+import pytest
+import torch
+
+from rlhf.config import config_from_dict
+from rlhf.data import format_prompt, load_splits
+from rlhf.models import load_tokenizer
+from rlhf.ppo.model import ValueHead, build_policy
+from rlhf.ppo.rollout import encode_queries, sample_responses, score_responses
+from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
+from rlhf.tinyworld.build import resolve_tinyworld
+
+from ..conftest import small_raw
+
+PPO = {"start_from": "base", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
+       "learning_rate": 5e-3, "steps": 4, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2,
+       "max_new_tokens": 8, "save_steps": 2}
+
+
+class WordCountScorer:
+    """A cheap deterministic reward: number of words."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def rewards(self, texts):
+        if self.value is not None:
+            return torch.full((len(texts),), self.value)
+        return torch.tensor([float(len(t.split())) for t in texts])
+
+
+def make(tmp_path, scorer=None, **ppo):
+    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo={**PPO, **ppo})), log=lambda *_: None)
+    tokenizer = load_tokenizer(config.model)
+    prompts = [format_prompt(d, "summarize") for d in load_splits(config.data, config.seed)["train"]["dialogue"]]
+    policy = build_policy(config, None)
+    trainer = PPOTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.ppo, seed=config.seed,
+                         max_input_length=256)
+    return trainer, config
+
+
+def test_value_head_shape_and_zero_init():
+    head = ValueHead(16)
+    out = head(torch.randn(3, 5, 16))
+    assert out.shape == (3, 5) and (out == 0).all()
+    assert ValueHead(16, init_std=0.01)(torch.randn(2, 4, 16)).abs().sum() > 0
+
+
+def rollout(trainer):
+    q = encode_queries(trainer.tokenizer, trainer.batch_prompts(0), 256)
+    responses, mask = sample_responses(trainer.policy.lm, q, 8, 1, 0, trainer.start_token)
+    return q, responses, mask, score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4)
+
+
+@pytest.mark.parametrize("policy", ["lora", "full"])
+def test_step0_kl_is_zero_and_reference_never_changes(tmp_path, policy):
+    torch.manual_seed(0)
+    trainer, _ = make(tmp_path, policy=policy)
+    q, responses, mask, scored = rollout(trainer)
+    assert torch.equal(scored.logprobs, scored.ref_logprobs)  # policy == reference at step 0
+    assert scored.values.shape == responses.shape and mask.dtype == torch.bool
+    ref_before = scored.ref_logprobs.clone()
+    for _ in range(2):
+        trainer.step()
+    after = score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4)
+    torch.testing.assert_close(after.ref_logprobs, ref_before, atol=0, rtol=0)
+    assert not torch.equal(after.logprobs, ref_before)  # the policy moved
+
+
+def test_step_reports_metrics(tmp_path):
+    trainer, _ = make(tmp_path)
+    stats = trainer.step()
+    for key in ("objective/scores", "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/loss/policy",
+                "ppo/loss/value", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/val/clipfrac",
+                "ppo/learning_rate", "response_length", "time/generate", "time/score", "time/forward",
+                "time/update", "tokens_per_s"):
+        assert key in stats and stats[key] == stats[key], key
+    assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["ppo/minibatches"] == 2 * 2
+
+
+def test_resume_matches_straight_run(tmp_path):
+    torch.manual_seed(0)
+    straight, _ = make(tmp_path / "a")
+    for _ in range(4):
+        straight.step()
+    torch.manual_seed(0)
+    first, _ = make(tmp_path / "b")
+    for _ in range(2):
+        first.step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    torch.manual_seed(123)  # a fresh process: other RNG state
+    resumed, _ = make(tmp_path / "c")
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.step_count == 2
+    for _ in range(2):
+        resumed.step()
+    for (name, a), b in zip(straight.policy.trainable_state_dict().items(), resumed.policy.trainable_state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert straight.kl_ctl.value == resumed.kl_ctl.value
+
+
+def test_non_finite_scores_stop_with_step_and_quantity(tmp_path):
+    trainer, _ = make(tmp_path, scorer=WordCountScorer(float("nan")))
+    with pytest.raises(NonFiniteError, match="PPO step 0: scores is not finite"):
+        trainer.step()
+
+
+def test_each_rank_takes_its_own_share(tmp_path):
+    trainer, _ = make(tmp_path)
+    full = trainer.batch_prompts(1)
+    assert len(full) == 8 and full != trainer.batch_prompts(0)
+
+    class Rank:
+        def __init__(self, i):
+            self.process_index, self.num_processes = i, 2
+
+    shares = []
+    for rank in (0, 1):
+        trainer.accelerator = Rank(rank)
+        shares.append(trainer.batch_prompts(1))
+    assert shares[0] == full[0::2] and shares[1] == full[1::2]

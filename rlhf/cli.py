@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def dispatch(argv: list[str]) -> None:
-    ns = _parser().parse_args(argv)
+    ns = _parser().parse_intermixed_args(argv)
     if ns.command == "tinyworld":
         return _tinyworld(ns)
     config_path, overrides = _split_args(ns.args)

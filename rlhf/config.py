@@ -106,9 +106,9 @@ class TinyWorldConfig:
     d_ff: int = opt(256, positive)
     num_layers: int = opt(2, positive, "encoder layers = decoder layers")
     num_heads: int = opt(4, positive)
-    pretrain_steps: int = opt(1000, non_negative, "span-corruption steps on the dialogue text")
+    pretrain_steps: int = opt(600, non_negative, "span-corruption steps on the dialogue text")
     pretrain_batch_size: int = opt(16, positive)
-    pretrain_lr: float = opt(1e-2, positive)
+    pretrain_lr: float = opt(3e-3, positive)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
 from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config
 from rlhf.tinyworld.tokenizer import save_tokenizer, sentinel_tokens, train_tokenizer
 
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 MAX_LENGTH = 512
 N_SENTINELS = 20
 

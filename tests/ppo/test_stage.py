@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import yaml
+
+from pipelines import ppo as ppo_stage
+from pipelines import reward as reward_stage
+from pipelines import sft as sft_stage
+from rlhf.cli import main as cli_main
+from rlhf.config import config_from_dict
+from rlhf.errors import UserError
+from rlhf.tinyworld.build import resolve_tinyworld
+
+from ..conftest import small_raw
+
+RAW = {
+    "sft": {"variants": [{"name": "lora", "method": "lora", "learning_rate": 1e-2}],
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["q", "v"]}, "max_steps": 4, "batch_size": 8,
+            "eval_steps": 2, "save_steps": 2, "early_stopping_patience": None, "eval_n_dialogues": 4,
+            "max_new_tokens": 8},
+    "reward": {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 1, "batch_size": 16,
+               "eval_steps": 10, "data": {"source": "tinyworld"}},
+    "ppo": {"start_from": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
+            "learning_rate": 1e-3, "steps": 3, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
+            "max_new_tokens": 8, "save_steps": 2, "sample_steps": 2, "eval_n_dialogues": 6},
+}
+
+
+def config_for(tmp_path):
+    return resolve_tinyworld(config_from_dict(small_raw(tmp_path, **RAW)), log=lambda *_: None)
+
+
+def test_ppo_needs_sft_and_reward_first(tmp_path):
+    with pytest.raises(UserError, match=r"stage 'ppo' needs the 'sft' stage.*rlhf sft CONFIG"):
+        ppo_stage.main(config_for(tmp_path))
+
+
+def test_ppo_stage_end_to_end(tmp_path):
+    config = config_for(tmp_path)
+    sft_stage.main(config)
+    reward_stage.main(config)
+    metrics = ppo_stage.main(config)
+    folder = config.run_dir / "ppo"
+    for key in ("toxicity_before", "toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "steps", "seconds"):
+        assert key in metrics
+    assert metrics["steps"] == 3
+    log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    assert [row["step"] for row in log] == [1, 2, 3] and log[0]["objective/kl"] == pytest.approx(0, abs=1e-6)
+    assert (folder / "policy" / "adapter_model.safetensors").is_file()
+    assert (folder / "policy" / "value_head.safetensors").is_file()
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["step-2", "step-3"]
+    assert (folder / "samples" / "step-2.md").is_file()
+
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(folder / "policy_base")), str(folder / "policy"))
+
+    # resume: a finished stage is skipped; with --force --resume it continues from the last checkpoint
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(small_raw(tmp_path, **{**RAW, "ppo": {**RAW["ppo"], "steps": 4}})))
+    assert cli_main(["ppo", str(path), "--force", "--resume"]) == 0
+    log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]

@@ -23,6 +23,20 @@ def _cache(tmp_path_factory):
     yield
 
 
+# Stage sections sized for seconds-long runs on the small world.
+SMALL_STAGES = {
+    "sft": {"variants": [{"name": "lora", "method": "lora", "learning_rate": 1e-2}],
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["q", "v"]}, "max_steps": 4, "batch_size": 8,
+            "eval_steps": 2, "save_steps": 2, "early_stopping_patience": None, "eval_n_dialogues": 4,
+            "max_new_tokens": 8},
+    "reward": {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 1, "batch_size": 16,
+               "eval_steps": 10, "data": {"source": "tinyworld"}},
+    "ppo": {"start_from": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
+            "learning_rate": 1e-3, "steps": 3, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
+            "max_new_tokens": 8, "save_steps": 2, "sample_steps": 2, "eval_n_dialogues": 6},
+}
+
+
 def small_raw(tmp_path, **sections) -> dict:
     raw = {
         "run_name": "t", "output_dir": str(tmp_path / "runs"), "seed": 1,
@@ -32,6 +46,7 @@ def small_raw(tmp_path, **sections) -> dict:
                    "n_examples_shown": 2,
                    "settings": [{"name": "greedy"}, {"name": "sample", "do_sample": True, "top_p": 0.9},
                                 {"name": "beams_2", "num_beams": 2}]},
+        **SMALL_STAGES,
     }
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value

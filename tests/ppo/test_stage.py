@@ -11,23 +11,11 @@ from rlhf.config import config_from_dict
 from rlhf.errors import UserError
 from rlhf.tinyworld.build import resolve_tinyworld
 
+from ..conftest import SMALL_STAGES as RAW
 from ..conftest import small_raw
 
-RAW = {
-    "sft": {"variants": [{"name": "lora", "method": "lora", "learning_rate": 1e-2}],
-            "lora": {"r": 4, "alpha": 8, "target_modules": ["q", "v"]}, "max_steps": 4, "batch_size": 8,
-            "eval_steps": 2, "save_steps": 2, "early_stopping_patience": None, "eval_n_dialogues": 4,
-            "max_new_tokens": 8},
-    "reward": {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 1, "batch_size": 16,
-               "eval_steps": 10, "data": {"source": "tinyworld"}},
-    "ppo": {"start_from": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
-            "learning_rate": 1e-3, "steps": 3, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
-            "max_new_tokens": 8, "save_steps": 2, "sample_steps": 2, "eval_n_dialogues": 6},
-}
-
-
 def config_for(tmp_path):
-    return resolve_tinyworld(config_from_dict(small_raw(tmp_path, **RAW)), log=lambda *_: None)
+    return resolve_tinyworld(config_from_dict(small_raw(tmp_path)), log=lambda *_: None)
 
 
 def test_ppo_needs_sft_and_reward_first(tmp_path):

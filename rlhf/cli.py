@@ -1,7 +1,8 @@
-"""The ``rlhf`` command: ``run``, one stage by name, and ``tinyworld``.
+"""The ``rlhf`` command: ``run``, one stage by name, ``report`` and ``tinyworld``.
 
     rlhf run [CONFIG] [key=value ...] [--force]     every stage in order (default: configs/tiny.yaml)
     rlhf STAGE CONFIG [key=value ...] [--resume]    one stage (also: python -m pipelines.STAGE CONFIG)
+    rlhf report RUN_DIR                             rebuild the report from a run's artifacts
     rlhf tinyworld --out DIR [--seed N]             build the offline tiny world into DIR
 
 Config and input errors print one line on stderr and exit with code 2.
@@ -61,7 +62,7 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", help="run | tinyworld | " + " | ".join(_stages()))
+    p.add_argument("command", help="run | report | tinyworld | " + " | ".join(_stages()))
     p.add_argument("args", nargs="*", help="CONFIG then key.sub=value overrides")
     p.add_argument("--force", action="store_true", help="re-run stages that already finished")
     p.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
@@ -74,18 +75,40 @@ def dispatch(argv: list[str]) -> None:
     ns = _parser().parse_intermixed_args(argv)
     if ns.command == "tinyworld":
         return _tinyworld(ns)
+    if ns.command == "report":
+        return _report(ns.args)
     config_path, overrides = _split_args(ns.args)
     if ns.command == "run":
         config = load(config_path, overrides)
         for name in _stages():
             run_stage(name, config, force=ns.force, resume=ns.resume)
         print(f"all stages finished; artifacts in {config.run_dir}")
-        return
+        return _report([str(config.run_dir)])
     if ns.command not in _stages():
-        raise UserError(f"unknown command '{ns.command}' (commands: run, tinyworld, {', '.join(_stages())})")
+        raise UserError(f"unknown command '{ns.command}' (commands: run, report, tinyworld, {', '.join(_stages())})")
     if config_path is None:
         raise UserError(f"usage: rlhf {ns.command} CONFIG [key=value ...]")
     run_stage(ns.command, load(config_path, overrides), force=ns.force, resume=ns.resume)
+
+
+def _report(args: list[str]) -> None:
+    """Rebuild the report from a run directory's artifacts and print its headline."""
+    from rlhf.report import build_report
+
+    if len(args) != 1:
+        raise UserError("usage: rlhf report RUN_DIR")
+    if not Path(args[0]).is_dir():
+        raise UserError(f"run directory not found: {args[0]}")
+    h = build_report(args[0])["headline"]
+    lo, hi = h["toxicity_change_ci95"]
+    print(f"report: {Path(args[0]) / 'report.md'}")
+    print(f"  toxicity (reward model): {h['toxicity_before']:.4f} -> {h['toxicity_after']:.4f} "
+          f"(after - before 95% CI [{lo:+.4f}, {hi:+.4f}])")
+    if h["judge"]:
+        print(f"  toxicity (judge {h['judge']}): {h['judge_toxicity_before']:.4f} -> {h['judge_toxicity_after']:.4f}")
+    else:
+        print("  toxicity (independent judge): not run")
+    print(f"  ROUGE-L: {h['rougeL_before']:.4f} -> {h['rougeL_after']:.4f}")
 
 
 def _tinyworld(ns) -> None:

@@ -277,6 +277,20 @@ class PpoConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    n_dialogues: Optional[int] = opt(None, optional(positive), "held-out dialogues; null = the whole test split")
+    n_samples: int = opt(2, non_negative, "sampled responses per prompt (besides greedy); 0 = greedy only")
+    temperature: float = opt(1.0, positive)
+    top_p: float = opt(1.0, unit_open_closed)
+    max_new_tokens: Optional[int] = opt(None, optional(positive), "default: sft.max_new_tokens")
+    batch_size: int = opt(64, positive)
+    threshold: float = opt(0.5, unit_open_closed, "a response counts as toxic at or above this probability")
+    judges: list[Literal["profanity_check"]] = opt(["profanity_check"], doc="independent toxicity judges")
+    bootstrap_resamples: int = opt(2000, positive)
+    n_examples: int = opt(20, non_negative, "largest improvements / regressions listed")
+
+
+@dataclass
 class ExperimentConfig:
     run_name: Optional[str] = opt(None, doc="defaults to the config file's stem")
     output_dir: str = opt("runs")
@@ -288,6 +302,7 @@ class ExperimentConfig:
     sft: SftConfig = opt(SftConfig())
     reward: RewardConfig = opt(RewardConfig())
     ppo: PpoConfig = opt(PpoConfig())
+    evaluate: EvaluateConfig = opt(EvaluateConfig())
 
     @property
     def run_dir(self) -> Path:

@@ -34,7 +34,8 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
     prompts = [format_prompt(d, config.data.template) for d in splits["train"]["dialogue"]]
     trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed,
-                         max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt)
+                         max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
+                         log_dir=stage.dir / "trackers")
     ckpt_dir, log_path = stage.dir / "checkpoints", stage.dir / "metrics.jsonl"
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
@@ -49,6 +50,7 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
     for _ in bar:
         stats = trainer.step()
         bar.set_postfix({k.split("/")[-1]: f"{stats[k]:.3f}" for k in SHOWN})
+        trainer.log(stats)
         if main_process:
             with log_path.open("a") as f:
                 f.write(json.dumps(stats) + "\n")
@@ -57,6 +59,7 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
         if trainer.step_count % cfg.sample_steps == 0 and main_process:
             _write_samples(trainer, test, config, stage.dir / "samples" / f"step-{trainer.step_count}.md")
     trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     if not main_process:
         return {}
     _save_policy(trainer.policy, tokenizer, stage.dir)

@@ -123,13 +123,16 @@ def train_variant(model, tokenizer, train_ds, eval_ds, config: ExperimentConfig,
         out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - start
     model.eval()
-    folder = save_variant(trainer.model, tokenizer, variant, stage_dir, config.sft.save_merged)
+    folder = variant_folder(stage_dir, variant)
     metrics = {
         **count_parameters(trainer.model), "train_seconds": round(seconds, 2), "peak_memory_mb": round(mem.mib, 1),
         "train_loss": out.training_loss, "global_step": out.global_step, "resumed_from": resume_from,
         "best_eval_loss": trainer.state.best_metric, "learning_rate": variant.learning_rate, "method": variant.method,
     }
-    atomic_write_json(folder.parent / "train_metrics.json", metrics)
+    if trainer.is_world_process_zero():  # under DDP only one process writes
+        save_variant(trainer.model, tokenizer, variant, stage_dir, config.sft.save_merged)
+        atomic_write_json(folder.parent / "train_metrics.json", metrics)
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(folder=folder, metrics=metrics)
 
 

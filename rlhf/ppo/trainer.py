@@ -51,12 +51,17 @@ class Batch:
 
 class PPOTrainer:
     def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: PpoConfig, *, seed: int,
-                 max_input_length: int, score_with_prompt: bool = False, accelerator=None):
+                 max_input_length: int, score_with_prompt: bool = False, accelerator=None, log_dir: Path | None = None):
         from accelerate import Accelerator
 
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
-        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(),  # under torchrun without GPUs: MULTI_CPU over gloo
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=cfg.report_to or None,
+            project_dir=str(log_dir) if log_dir else None)
+        if cfg.report_to:  # TensorBoard / W&B through accelerate's trackers
+            self.accelerator.init_trackers("rlhf-ppo")
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, eps=1e-5)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
@@ -151,7 +156,7 @@ class PPOTrainer:
                 for key, value in (("ppo/loss/policy", pg_loss), ("ppo/loss/value", vf_loss),
                                    ("ppo/policy/clipfrac", pg["clipfrac"]), ("ppo/policy/approxkl", pg["approxkl"]),
                                    ("ppo/val/clipfrac", vf["clipfrac"])):
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
                 count += 1
                 stop = cfg.target_kl is not None and float(pg["approxkl"]) > cfg.target_kl
                 if stop:
@@ -159,6 +164,10 @@ class PPOTrainer:
             if stop:
                 break
         return {k: v / max(1, count) for k, v in sums.items()} | {"ppo/minibatches": count, "ppo/early_stopped": stop}
+
+    def log(self, stats: dict) -> None:
+        if self.cfg.report_to:
+            self.accelerator.log({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=stats["step"])
 
     def gather_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.accelerator.gather(x.detach().float().reshape(-1)).mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
@@ -20,7 +21,7 @@ COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", 
 
 def main(config: ExperimentConfig, resume: bool = False) -> dict:
     config = resolve_tinyworld(config)
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # torchrun on CPUs: MULTI_CPU over gloo
     stage = start_stage(config, "sft") if state.is_main_process else None
     state.wait_for_everyone()
     stage_dir = config.run_dir / "sft"

@@ -94,6 +94,7 @@ def training_args(config: ExperimentConfig, variant: SftVariant, output_dir: Pat
         load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=max(1, cfg.eval_steps // 2), seed=config.seed, data_seed=config.seed, report_to="none",
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, bf16=config.model.dtype == "bfloat16",
+        use_cpu=not torch.cuda.is_available(),  # also makes torchrun on CPUs run DDP over gloo
     )
 
 
@@ -127,7 +128,7 @@ def train_variant(model, tokenizer, train_ds, eval_ds, config: ExperimentConfig,
     metrics = {
         **count_parameters(trainer.model), "train_seconds": round(seconds, 2), "peak_memory_mb": round(mem.mib, 1),
         "train_loss": out.training_loss, "global_step": out.global_step, "resumed_from": resume_from,
-        "best_eval_loss": trainer.state.best_metric, "learning_rate": variant.learning_rate, "method": variant.method,
+        "best_eval_loss": trainer.state.best_metric, "world_size": trainer.args.world_size, "learning_rate": variant.learning_rate, "method": variant.method,
     }
     if trainer.is_world_process_zero():  # under DDP only one process writes
         save_variant(trainer.model, tokenizer, variant, stage_dir, config.sft.save_merged)

@@ -123,3 +123,25 @@ def test_resume_after_interruption_matches_straight_run(tmp_path, method):
     assert resumed.metrics["resumed_from"].endswith("checkpoint-4") and resumed.metrics["global_step"] == 6
     for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_sft_under_torchrun_two_processes(tmp_path):
+    """DDP on two CPU processes (gloo): the Trainer sees world size 2, one process writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(small_raw(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                           "29519", "-m", "pipelines.sft", str(path)], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "runs" / "t" / "sft"
+    assert json.loads((folder / "lora" / "train_metrics.json").read_text())["world_size"] == 2
+    assert (folder / "manifest.json").is_file() and (folder / "lora" / "adapter" / "adapter_config.json").is_file()

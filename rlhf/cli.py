@@ -3,6 +3,7 @@
     rlhf run [CONFIG] [key=value ...] [--force]     every stage in order (default: configs/tiny.yaml)
     rlhf STAGE CONFIG [key=value ...] [--resume]    one stage (also: python -m pipelines.STAGE CONFIG)
     rlhf report RUN_DIR                             rebuild the report from a run's artifacts
+    rlhf estimate CONFIG [--prompt-tokens N]        parameters, memory and FLOPs per stage
     rlhf tinyworld --out DIR [--seed N]             build the offline tiny world into DIR
 
 Config and input errors print one line on stderr and exit with code 2.
@@ -62,12 +63,13 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", help="run | report | tinyworld | " + " | ".join(_stages()))
+    p.add_argument("command", help="run | report | estimate | tinyworld | " + " | ".join(_stages()))
     p.add_argument("args", nargs="*", help="CONFIG then key.sub=value overrides")
     p.add_argument("--force", action="store_true", help="re-run stages that already finished")
     p.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
     p.add_argument("--out", help="tinyworld: output folder")
     p.add_argument("--seed", type=int, default=0, help="tinyworld: seed")
+    p.add_argument("--prompt-tokens", type=int, help="estimate: prompt length (default: model.max_input_length)")
     return p
 
 
@@ -77,6 +79,8 @@ def dispatch(argv: list[str]) -> None:
         return _tinyworld(ns)
     if ns.command == "report":
         return _report(ns.args)
+    if ns.command == "estimate":
+        return _estimate(ns)
     config_path, overrides = _split_args(ns.args)
     if ns.command == "run":
         config = load(config_path, overrides)
@@ -85,7 +89,7 @@ def dispatch(argv: list[str]) -> None:
         print(f"all stages finished; artifacts in {config.run_dir}")
         return _report([str(config.run_dir)])
     if ns.command not in _stages():
-        raise UserError(f"unknown command '{ns.command}' (commands: run, report, tinyworld, {', '.join(_stages())})")
+        raise UserError(f"unknown command '{ns.command}' (commands: run, report, estimate, tinyworld, {', '.join(_stages())})")
     if config_path is None:
         raise UserError(f"usage: rlhf {ns.command} CONFIG [key=value ...]")
     run_stage(ns.command, load(config_path, overrides), force=ns.force, resume=ns.resume)
@@ -109,6 +113,15 @@ def _report(args: list[str]) -> None:
     else:
         print("  toxicity (independent judge): not run")
     print(f"  ROUGE-L: {h['rougeL_before']:.4f} -> {h['rougeL_after']:.4f}")
+
+
+def _estimate(ns) -> None:
+    from rlhf.estimate import estimate, format_estimate
+
+    config_path, overrides = _split_args(ns.args)
+    if config_path is None:
+        raise UserError("usage: rlhf estimate CONFIG [key=value ...] [--prompt-tokens N]")
+    print(format_estimate(estimate(load(config_path, overrides), ns.prompt_tokens)))
 
 
 def _tinyworld(ns) -> None:

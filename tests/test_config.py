@@ -125,3 +125,14 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path, capsys):
 def test_cli_unknown_stage(capsys, tmp_path):
     assert cli_main(["frobnicate", str(write(tmp_path, {}))]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+ACCELERATE = sorted((Path(__file__).resolve().parents[1] / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(path)
+    assert cfg.num_processes > 1 and cfg.mixed_precision == "bf16"

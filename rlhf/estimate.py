@@ -1,0 +1,147 @@
+"""Compute estimator: parameters, memory and FLOPs per stage, from the model config alone.
+
+The model is built on the meta device (no weights, no memory). Memory terms, in bytes:
+weights P*b; gradients P_train*b; AdamW states 8*P_train (fp32 moments), plus 4*P_train fp32 master
+weights in bf16 training; activations from Korthikanti et al. 2022 ("Reducing activation
+recomputation", eq. 1: s*b*h*(34 + 5*a*s/h) bytes per layer at 2-byte precision), with decoder
+layers counted 1.5x for cross-attention, plus the logits. FLOPs: 2 per parameter per token for a
+forward pass (Kaplan et al. 2020), attention scores added; a backward pass costs 2x the forward with
+full fine-tuning and about 1x with LoRA (input gradients only; the frozen weights get none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.config import ExperimentConfig
+
+BYTES = {"fp32": 4, "bf16": 2}
+GIB = 2**30
+
+
+@dataclass
+class Shape:
+    d_model: int
+    n_heads: int
+    enc_layers: int
+    dec_layers: int
+    vocab: int
+    enc_params: int  # encoder transformer blocks
+    dec_params: int  # decoder transformer blocks
+    total: int       # everything, embeddings and lm_head included
+
+
+def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torch.nn.Module]:
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForSeq2SeqLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder.block"))
+    dec = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.block"))
+    total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once, as in memory
+    if cfg.model_type == "t5" and not getattr(cfg, "scale_decoder_outputs", True):
+        # T5 v1.1 / Flan-T5 checkpoints carry their own lm_head; transformers 5 ties it when
+        # building from a config, and unties it again when from_pretrained finds both tensors
+        total += cfg.vocab_size * cfg.d_model
+    return Shape(cfg.d_model, cfg.num_heads, cfg.num_layers, cfg.num_decoder_layers, cfg.vocab_size, enc, dec, total), model
+
+
+def lora_params(model: torch.nn.Module, lora_cfg) -> int:
+    from rlhf.models import apply_lora
+
+    wrapped = apply_lora(model, lora_cfg)
+    n = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    wrapped.unload()
+    return n
+
+
+def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str) -> float:
+    """Activations kept for backward: transformer layers plus logits and their gradient."""
+    def per_layer(seq: int) -> float:
+        return seq * batch * s.d_model * (34 + 5 * s.n_heads * seq / s.d_model)
+
+    scale = BYTES[dtype] / 2
+    layers = s.enc_layers * per_layer(src) + 1.5 * s.dec_layers * per_layer(tgt)
+    logits = 2 * batch * tgt * s.vocab * 4
+    return layers * scale + logits
+
+
+def forward_flops(s: Shape, batch: int, src: int, tgt: int) -> float:
+    """One teacher-forced forward: 2 FLOPs per weight per token, attention scores, and the lm_head."""
+    matmuls = 2 * (s.enc_params * src + s.dec_params * tgt) * batch
+    attention = 4 * batch * s.d_model * (s.enc_layers * src * src + s.dec_layers * (tgt * tgt + tgt * src))
+    head = 2 * batch * tgt * s.d_model * s.vocab
+    return matmuls + attention + head
+
+
+def memory(total: int, trainable: int, dtype: str, act: float) -> dict[str, float]:
+    b = BYTES[dtype]
+    optim = 8 * trainable + (4 * trainable if dtype == "bf16" else 0)
+    parts = {"weights": total * b, "gradients": trainable * b, "optimizer": optim, "activations": act}
+    return {k: v / GIB for k, v in parts.items()} | {"total": sum(parts.values()) / GIB}
+
+
+def reward_model_params(config: ExperimentConfig) -> int | None:
+    """Parameters of the reward model, when its config can be read (None otherwise)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    name = config.reward.pretrained or config.reward.model
+    try:
+        cfg = AutoConfig.from_pretrained(name, trust_remote_code=config.reward.trust_remote_code)
+    except Exception:
+        return None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict:
+    """Per-stage parameters and memory (fp32 and bf16), and FLOPs per PPO step."""
+    s, model = model_shape(config.model.name, config.model.trust_remote_code)
+    reward_params = reward_model_params(config)
+    src = prompt_tokens or config.model.max_input_length
+    out: dict = {"model": config.model.name, "total_params": s.total, "prompt_tokens": src, "stages": {}}
+    sft_tgt, sft_b = config.sft.max_target_length, config.sft.batch_size
+    lora_sft = lora_params(model, config.sft.lora)
+    lora_ppo = lora_params(model, config.ppo.lora)
+    for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
+        out["stages"][name] = {"trainable_params": trainable, **{
+            dtype: memory(s.total, trainable, dtype, activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in BYTES}}
+    p = config.ppo
+    head = s.d_model + 1
+    ppo_trainable = (lora_ppo if p.policy == "lora" else s.total) + head
+    extra = (reward_params or 0) + (0 if p.policy == "lora" else s.total)  # reward model; frozen reference copy
+    out["stages"]["ppo"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
+                            else "frozen copy", "reward_params": reward_params, **{
+        dtype: memory(s.total + extra, ppo_trainable, dtype,
+                      activation_bytes(s, p.mini_batch_size, src, p.max_new_tokens, dtype)) for dtype in BYTES}}
+    out["ppo_step_flops"] = ppo_step_flops(s, p, src)
+    return out
+
+
+def ppo_step_flops(s: Shape, p, src: int) -> dict[str, float]:
+    """FLOPs of one PPO step with prompts of ``src`` tokens and ``max_new_tokens`` responses."""
+    b, t = p.batch_size, p.max_new_tokens
+    fwd = forward_flops(s, b, src, t)
+    generate = forward_flops(s, b, src, t)  # encoder once + one decoder token at a time with a KV cache
+    no_grad = 2 * fwd  # policy (+ values) and reference
+    backward_factor = 1.0 if p.policy == "lora" else 2.0
+    update = p.ppo_epochs * (1 + backward_factor) * fwd
+    return {"generate": generate, "forward_no_grad": no_grad, "update": update, "total": generate + no_grad + update}
+
+
+def format_estimate(est: dict) -> str:
+    lines = [f"model {est['model']}: {est['total_params']:,} parameters"]
+    for name, st in est["stages"].items():
+        lines.append(f"\n{name}: {st['trainable_params']:,} trainable")
+        for dtype in BYTES:
+            m = st[dtype]
+            lines.append(f"  {dtype}: weights {m['weights']:.3f} GiB, gradients {m['gradients']:.3f}, optimizer "
+                         f"{m['optimizer']:.3f}, activations {m['activations']:.3f}, total {m['total']:.3f} GiB")
+    f = est["ppo_step_flops"]
+    lines.append(f"\nPPO step: {f['total'] / 1e12:.3f} TFLOP (generate {f['generate'] / 1e12:.3f}, no-grad forwards "
+                 f"{f['forward_no_grad'] / 1e12:.3f}, updates {f['update'] / 1e12:.3f})")
+    return "\n".join(lines)

@@ -23,3 +23,23 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# Benchmarks (see benchmarks/RESULTS.md). The peer is the classic TRL 0.11.4 seq2seq PPO, in its own venv.
+PEER ?= $(HOME)/peer-trl011
+PEER_DIR := ../shared/peers/trl011
+
+.PHONY: bench bench-compare peer-venv
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ppo_step.py --steps 4 --rollout-compare
+
+$(PEER)/venv/.installed:
+	$(PYTHON) -m venv $(PEER)/venv
+	$(PEER)/venv/bin/pip install --quiet torch==2.13.0
+	$(PEER)/venv/bin/pip install --quiet -r $(PEER_DIR)/requirements.txt
+	touch $@
+
+peer-venv: $(PEER)/venv/.installed
+
+bench-compare: $(STAMP) peer-venv
+	PEER=$(PEER) $(BIN)/python benchmarks/compare.py --steps 4 --rounds 2

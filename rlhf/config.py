@@ -252,7 +252,10 @@ class PpoConfig:
     mini_batch_size: int = opt(4, positive)
     ppo_epochs: int = opt(4, positive)
     gradient_accumulation_steps: int = opt(1, positive)
+    bucket_by_length: bool = opt(True, doc="group prompts of similar length into mini-batches (less padding)")
     max_new_tokens: int = opt(32, positive)
+    min_new_tokens: int = opt(0, non_negative, "benchmark parity only: forcing tokens past EOS lets the policy "
+                              "earn reward through negative KL")
     kl: KLConfig = opt(KLConfig())
     cliprange: float = opt(0.2, positive)
     cliprange_value: float = opt(0.2, positive)

@@ -41,12 +41,13 @@ def decoder_inputs(responses: torch.Tensor, start_token_id: int) -> torch.Tensor
 
 @torch.no_grad()
 def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
-                     decoder_start_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batched sampling call: top_k=0, top_p=1, temperature=1, no min_length -> (responses, mask)."""
+                     decoder_start_token_id: int, min_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched sampling call: top_k=0, top_p=1, temperature=1, no min_length by default
+    -> (responses, mask)."""
     from transformers import GenerationConfig
 
     gen = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
-                           min_length=0, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                           min_new_tokens=min_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                            decoder_start_token_id=decoder_start_token_id)
     out = lm.generate(input_ids=queries.input_ids, attention_mask=queries.attention_mask, generation_config=gen)
     responses = out[:, 1:]  # drop the decoder start token

@@ -94,7 +94,7 @@ class PPOTrainer:
         with timer("generate"):
             responses, response_mask = sample_responses(
                 self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id, self.start_token)
+                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens)
         with timer("score"):
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             scores = self.scorer.rewards(scored_texts(prompts, texts, self.score_with_prompt))
@@ -137,10 +137,12 @@ class PPOTrainer:
         mb = max(1, cfg.mini_batch_size // self.accelerator.num_processes)
         sums: dict[str, float] = {}
         count, stop = 0, False
+        lengths = batch.queries.attention_mask.sum(-1)
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(n).split(mb):
+            for idx in minibatches(lengths, mb, cfg.bucket_by_length):
+                width = int(lengths[idx].max())  # no work on padding beyond this mini-batch's longest prompt
                 with self.accelerator.accumulate(self.model):
-                    out = self.model(batch.queries.input_ids[idx], batch.queries.attention_mask[idx], dec[idx])
+                    out = self.model(batch.queries.input_ids[idx, :width], batch.queries.attention_mask[idx, :width], dec[idx])
                     logprobs = selective_log_softmax(out.logits, batch.responses[idx])
                     mask = batch.response_mask[idx]
                     pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)
@@ -212,6 +214,18 @@ class Timer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def minibatches(lengths: torch.Tensor, size: int, bucket: bool) -> list[torch.Tensor]:
+    """Index sets of one PPO epoch. Shuffled; with ``bucket``, prompts of similar length share a
+    mini-batch (a random permutation, stably sorted by length, cut into mini-batches, whose
+    order is then shuffled), so less of each forward is spent on padding."""
+    perm = torch.randperm(len(lengths))
+    if not bucket:
+        return list(perm.split(size))
+    order = perm[torch.sort(lengths[perm], stable=True).indices]
+    chunks = list(order.split(size))
+    return [chunks[i] for i in torch.randperm(len(chunks)).tolist()]
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

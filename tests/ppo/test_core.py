@@ -131,3 +131,15 @@ def test_adaptive_kl_controller_by_hand():
     ctl = AdaptiveKLController(0.2, target=6.0, horizon=100)
     assert ctl.update(5.4, 10) == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
     assert ctl.update(6.0, 10) == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
+
+
+def test_minibatches_cover_the_batch_once():
+    from rlhf.ppo.trainer import minibatches
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 90, 7, 88, 6, 91, 8, 89])
+    for bucket in (False, True):
+        parts = minibatches(lengths, 2, bucket)
+        assert sorted(torch.cat(parts).tolist()) == list(range(8)) and all(len(p) == 2 for p in parts)
+    bucketed = minibatches(lengths, 4, True)
+    assert sorted(sorted(lengths[p].tolist()) for p in bucketed) == [[5, 6, 7, 8], [88, 89, 90, 91]]

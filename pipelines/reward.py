@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text, markdown_table
+from rlhf.artifacts import atomic_dir, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig
 from rlhf.errors import UserError
 from rlhf.metrics import binary_classification

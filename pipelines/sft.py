@@ -9,7 +9,7 @@ from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig, GenerationSetting
 from rlhf.data import format_prompt, load_splits
 from rlhf.generation import generate
-from rlhf.metrics import ROUGE_KEYS, mean_words, rouge
+from rlhf.metrics import mean_words, rouge
 from rlhf.models import count_parameters, load_seq2seq, load_tokenizer
 from rlhf.rundir import start_stage
 from rlhf.sft import finished_variant, load_variant, prepare_model, tokenize_split, train_variant

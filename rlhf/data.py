@@ -42,7 +42,7 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
     return builders.pop(), by_split
 
 
-def load_raw(source: str, trust_remote_code: bool = False):
+def load_raw(source: str):
     """Load ``source`` as a ``datasets.DatasetDict``; bad sources raise :class:`UserError`."""
     import datasets
 
@@ -57,8 +57,9 @@ def load_raw(source: str, trust_remote_code: bool = False):
     except UserError:
         raise
     except Exception as err:  # datasets raises many types; the user needs one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"could not read data source {source}: {first}") from None
+        from rlhf.models import first_line
+
+        raise UserError(f"could not read data source {source}: {first_line(err)}") from None
 
 
 def _check_columns(ds, cfg: DataConfig, split: str) -> None:

@@ -16,7 +16,7 @@ from rlhf.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -28,7 +28,7 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except Exception as err:
-        raise UserError(f"could not load tokenizer '{name}': {_first_line(err)}") from None
+        raise UserError(f"could not load tokenizer '{name}': {first_line(err)}") from None
 
 
 def check_seq2seq(name: str, trust_remote_code: bool = False) -> None:
@@ -40,7 +40,7 @@ def check_seq2seq(name: str, trust_remote_code: bool = False) -> None:
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise UserError(f"could not load model config '{name}': {_first_line(err)}") from None
+        raise UserError(f"could not load model config '{name}': {first_line(err)}") from None
     if not getattr(config, "is_encoder_decoder", False):
         raise UserError(f"model '{name}' is a {config.model_type} model, not a seq2seq (encoder-decoder) model")
 
@@ -56,7 +56,7 @@ def load_seq2seq(cfg: ModelConfig, path: str | None = None):
             name, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
         )
     except Exception as err:
-        raise UserError(f"could not load seq2seq model '{name}': {_first_line(err)}") from None
+        raise UserError(f"could not load seq2seq model '{name}': {first_line(err)}") from None
     return model.eval()
 
 

@@ -13,7 +13,7 @@ import torch
 
 from rlhf.config import RewardConfig, RewardDataConfig
 from rlhf.errors import UserError
-from rlhf.models import _first_line
+from rlhf.models import first_line
 
 ID2LABEL = {0: "non-toxic", 1: "toxic"}
 
@@ -82,7 +82,7 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise UserError(f"could not load reward model '{name}': {_first_line(err)}") from None
+        raise UserError(f"could not load reward model '{name}': {first_line(err)}") from None
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs) and not from_scratch:
         raise UserError(f"reward model '{name}' is a {archs[0]}, not a sequence classifier")
@@ -97,7 +97,7 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
                 label2id=config.label2id if len(config.id2label) == 2 else {v: k for k, v in ID2LABEL.items()},
             )
     except Exception as err:
-        raise UserError(f"reward model '{name}' is not a sequence classifier: {_first_line(err)}") from None
+        raise UserError(f"reward model '{name}' is not a sequence classifier: {first_line(err)}") from None
     return model.eval(), tokenizer
 
 

@@ -1,7 +1,7 @@
 import pytest
 from transformers import T5Config
 
-from rlhf.config import LoraConfig, config_from_dict
+from rlhf.config import config_from_dict
 from rlhf.estimate import GIB, estimate, format_estimate
 
 

@@ -133,7 +133,6 @@ class PPOTrainer:
         """``ppo_epochs`` passes over shuffled mini-batches of the rollouts."""
         cfg = self.cfg
         dec = decoder_inputs(batch.responses, self.start_token)
-        n = batch.responses.shape[0]
         mb = max(1, cfg.mini_batch_size // self.accelerator.num_processes)
         sums: dict[str, float] = {}
         count, stop = 0, False

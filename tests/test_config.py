@@ -136,3 +136,16 @@ def test_accelerate_configs_load(path):
 
     cfg = ClusterConfig.from_yaml_file(path)
     assert cfg.num_processes > 1 and cfg.mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "/nonexistent/run"], "run directory not found: /nonexistent/run"),
+    (["report"], "usage: rlhf report RUN_DIR"),
+    (["estimate"], "usage: rlhf estimate CONFIG"),
+    (["tinyworld"], "usage: rlhf tinyworld --out DIR"),
+    (["prompt"], "usage: rlhf prompt CONFIG"),
+])
+def test_cli_usage_errors_exit_2_with_one_line(argv, message, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

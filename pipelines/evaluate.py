@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from statistics import mean
 
 from rlhf.artifacts import atomic_write_json
@@ -13,6 +12,7 @@ from rlhf.generation import generate
 from rlhf.judges import load_judges
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.ppo.evaluation import reference_lm
 from rlhf.report import build_report
 from rlhf.reward import load_scorer, scored_texts
 from rlhf.rundir import require_stage, start_stage
@@ -20,23 +20,17 @@ from rlhf.tinyworld.build import resolve_tinyworld
 
 
 def load_pair(config: ExperimentConfig, ppo_dir):
-    """(after LM, before() context yielding the before LM) from the PPO stage's saved artifacts."""
+    """(after LM, frozen before LM or None) from the PPO stage's saved artifacts. None means the
+    before-policy is the after LM with its adapter disabled: the SFT model PPO started from."""
     if config.ppo.policy == "lora":
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(load_seq2seq(config.model, str(ppo_dir / "policy_base")), str(ppo_dir / "policy")).eval()
-
-        @contextlib.contextmanager
-        def before():
-            with lm.disable_adapter():  # the adapter-disabled policy is the SFT model PPO started from
-                yield lm
-
-        return lm, before
+        base = load_seq2seq(config.model, str(ppo_dir / "policy_base"))
+        return PeftModel.from_pretrained(base, str(ppo_dir / "policy")).eval(), None
     from rlhf.ppo.model import sft_start_path
 
-    sft_dir = config.run_dir / "sft"
-    before = load_seq2seq(config.model, sft_start_path(config, sft_dir)[0])
-    return load_seq2seq(config.model, str(ppo_dir / "policy")), lambda: contextlib.nullcontext(before)
+    before = load_seq2seq(config.model, sft_start_path(config, config.run_dir / "sft")[0])
+    return load_seq2seq(config.model, str(ppo_dir / "policy")), before
 
 
 def _generations(lm, tokenizer, prompts, config) -> dict[str, list[str]]:
@@ -61,12 +55,12 @@ def main(config: ExperimentConfig) -> dict:
         test = test.select(range(min(cfg.n_dialogues, len(test))))
     tokenizer = load_tokenizer(config.model)
     prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
-    after_lm, before_ctx = load_pair(config, ppo_dir)
+    after_lm, frozen_before = load_pair(config, ppo_dir)
     after = _generations(after_lm, tokenizer, prompts, config)
     kl_texts = after["sample0"] if cfg.n_samples else after["greedy"]
     lp_args = (tokenizer, prompts, kl_texts, config.model.max_input_length, cfg.batch_size)
     after_lp = response_logprobs(after_lm, *lp_args)
-    with before_ctx() as before_lm:
+    with reference_lm(after_lm, frozen_before) as before_lm:
         before = _generations(before_lm, tokenizer, prompts, config)
         before_lp = response_logprobs(before_lm, *lp_args)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -56,3 +57,9 @@ def small_raw(tmp_path, **sections) -> dict:
 @pytest.fixture
 def small_config(tmp_path):
     return config_from_dict(small_raw(tmp_path))
+
+
+def write_jsonl(path, rows) -> str:
+    """Write ``rows`` as JSON lines to ``path``; returns the path as text."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)

@@ -1,4 +1,3 @@
-import json
 
 import pytest
 
@@ -6,14 +5,11 @@ from rlhf.config import DataConfig
 from rlhf.data import PromptStats, build_prompt, build_prompts, choose_examples, format_prompt, load_splits
 from rlhf.errors import UserError
 
+from .conftest import write_jsonl
+
 
 def rows(n, prefix="d"):
     return [{"dialogue": f"{prefix}{i}: " + "word " * (i % 7 + 1), "summary": f"s{i}"} for i in range(n)]
-
-
-def write_jsonl(path, items):
-    path.write_text("".join(json.dumps(r) + "\n" for r in items))
-    return path
 
 
 def test_folder_with_own_splits_is_used_as_is(tmp_path):

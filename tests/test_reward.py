@@ -10,7 +10,7 @@ from rlhf.metrics import binary_classification, expected_calibration_error, roc_
 from rlhf.reward import RewardScorer, class_weights, label_index, load_classifier, load_labelled, scored_texts
 from rlhf.tinyworld.build import resolve_tinyworld
 
-from .conftest import small_raw
+from .conftest import small_raw, write_jsonl
 
 REWARD = {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 3, "batch_size": 16,
           "eval_steps": 10, "data": {"source": "tinyworld"}}
@@ -80,11 +80,6 @@ def test_label_mapping_and_missing_label(scorer):
 def test_scored_texts_with_prompt():
     assert scored_texts(["P"], ["R"], with_prompt=True) == ["P R"]
     assert scored_texts(["P"], ["R"], with_prompt=False) == ["R"]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_label_values_outside_declared(tmp_path):

@@ -13,13 +13,14 @@ from rlhf.reward import scored_texts
 
 
 @contextlib.contextmanager
-def reference_lm(policy):
-    """The model to generate with as the reference: the adapter-disabled LM, or the frozen copy."""
-    if policy.is_lora:
-        with policy.lm.disable_adapter():
-            yield policy.lm
+def reference_lm(lm, ref_lm=None):
+    """The model to generate with as the reference: ``lm`` with its LoRA adapter disabled, or the
+    frozen copy ``ref_lm`` when the policy was fully fine-tuned."""
+    if ref_lm is None:
+        with lm.disable_adapter():
+            yield lm
     else:
-        yield policy.ref_lm
+        yield ref_lm
 
 
 def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:
@@ -32,7 +33,7 @@ def before_after(policy, tokenizer, scorer, test, config: ExperimentConfig) -> d
     """Greedy responses of the reference (before) and the policy (after) on the same prompts,
     their reward-model toxicity (toxic probability) and ROUGE against the references."""
     prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
-    with reference_lm(policy) as ref:
+    with reference_lm(policy.lm, policy.ref_lm) as ref:
         before = greedy(ref, tokenizer, prompts, config)
     after = greedy(policy.lm, tokenizer, prompts, config)
     with_prompt = config.reward.score_with_prompt

@@ -123,6 +123,9 @@ def main() -> None:
     ap.add_argument("--prompts", help="JSONL with a 'query' field (the peer's --prompts-out)")
     ap.add_argument("--rollout-compare", action="store_true", help="also time per-prompt generation")
     args = ap.parse_args()
+    from rlhf.runtime import flush_denormals
+
+    flush_denormals()  # as `rlhf` does at start: before the first parallel op
     torch.set_num_threads(args.threads)
     tok, prompts = tokenizer_and_prompts(args.tokenizer, args.prompts, args.batch_size * args.steps)
     trainer = build_trainer(args, tok, prompts)

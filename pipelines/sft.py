@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
@@ -12,6 +11,7 @@ from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import count_parameters, load_seq2seq, load_tokenizer
 from rlhf.rundir import start_stage
+from rlhf.runtime import use_cpu
 from rlhf.sft import finished_variant, load_variant, prepare_model, tokenize_split, train_variant
 from rlhf.tinyworld.build import resolve_tinyworld
 
@@ -21,7 +21,7 @@ COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", 
 
 def main(config: ExperimentConfig, resume: bool = False) -> dict:
     config = resolve_tinyworld(config)
-    state = PartialState(cpu=not torch.cuda.is_available())  # torchrun on CPUs: MULTI_CPU over gloo
+    state = PartialState(cpu=use_cpu())
     stage = start_stage(config, "sft") if state.is_main_process else None
     state.wait_for_everyone()
     stage_dir = config.run_dir / "sft"

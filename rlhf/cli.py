@@ -145,6 +145,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlhf.runtime import flush_denormals
+
+    flush_denormals()  # first, before torch's thread pool exists (see its docstring)
     _quiet_libraries()
     try:
         dispatch(sys.argv[1:] if argv is None else argv)

@@ -6,8 +6,8 @@ import random
 from statistics import mean, median, pstdev
 
 import torch
-from trl.trainer.utils import selective_log_softmax
 
+from rlhf.ppo.core import logprobs_from_logits
 from rlhf.ppo.rollout import decoder_inputs, encode_queries, response_mask_from
 
 
@@ -50,7 +50,7 @@ def response_logprobs(lm, tokenizer, prompts: list[str], responses: list[str], m
         mask = response_mask_from(r, tokenizer.eos_token_id)
         logits = lm(input_ids=q.input_ids, attention_mask=q.attention_mask, decoder_input_ids=decoder_inputs(r, start),
                     use_cache=False).logits
-        lp = selective_log_softmax(logits, r)
+        lp = logprobs_from_logits(logits, r)
         out += [row[m] for row, m in zip(lp, mask)]
     return out
 

@@ -17,6 +17,7 @@ from rlhf.artifacts import atomic_dir, atomic_write_json, read_json
 from rlhf.config import ExperimentConfig, SftVariant
 from rlhf.data import format_prompt
 from rlhf.models import apply_lora, count_parameters
+from rlhf.runtime import use_cpu
 
 
 def tokenize_split(ds, tokenizer, template: str, max_input: int, max_target: int):
@@ -94,7 +95,7 @@ def training_args(config: ExperimentConfig, variant: SftVariant, output_dir: Pat
         load_best_model_at_end=early, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=max(1, cfg.eval_steps // 2), seed=config.seed, data_seed=config.seed, report_to="none",
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, bf16=config.model.dtype == "bfloat16",
-        use_cpu=not torch.cuda.is_available(),  # also makes torchrun on CPUs run DDP over gloo
+        use_cpu=use_cpu(),
     )
 
 

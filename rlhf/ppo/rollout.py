@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from rlhf.ppo.core import masked_mean
+from rlhf.ppo.core import entropy_from_logits, logprobs_from_logits, masked_mean
 
 
 @dataclass
@@ -73,8 +72,8 @@ def score_responses(policy, queries: Queries, responses: torch.Tensor, response_
         sl = slice(i, i + batch_size)
         out = policy(queries.input_ids[sl], queries.attention_mask[sl], dec[sl])
         ref_logits = policy.ref_logits(queries.input_ids[sl], queries.attention_mask[sl], dec[sl])
-        parts["lp"].append(selective_log_softmax(out.logits, responses[sl]))
-        parts["ref"].append(selective_log_softmax(ref_logits, responses[sl]))
+        parts["lp"].append(logprobs_from_logits(out.logits, responses[sl]))
+        parts["ref"].append(logprobs_from_logits(ref_logits, responses[sl]))
         parts["v"].append(out.values)
         parts["ent"].append(entropy_from_logits(out.logits))
     entropy = masked_mean(torch.cat(parts["ent"]), response_mask)

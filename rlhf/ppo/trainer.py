@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from trl.trainer.utils import selective_log_softmax
 
 from rlhf.artifacts import atomic_dir
 from rlhf.config import PpoConfig
@@ -24,6 +23,7 @@ from rlhf.ppo import core
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.rollout import Queries, decoder_inputs, encode_queries, sample_responses, score_responses
 from rlhf.reward import scored_texts
+from rlhf.runtime import use_cpu
 
 
 class NonFiniteError(UserError):
@@ -57,7 +57,7 @@ class PPOTrainer:
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
         self.accelerator = accelerator or Accelerator(
-            cpu=not torch.cuda.is_available(),  # under torchrun without GPUs: MULTI_CPU over gloo
+            cpu=use_cpu(),
             gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=cfg.report_to or None,
             project_dir=str(log_dir) if log_dir else None)
         if cfg.report_to:  # TensorBoard / W&B through accelerate's trackers
@@ -142,7 +142,7 @@ class PPOTrainer:
                 width = int(lengths[idx].max())  # no work on padding beyond this mini-batch's longest prompt
                 with self.accelerator.accumulate(self.model):
                     out = self.model(batch.queries.input_ids[idx, :width], batch.queries.attention_mask[idx, :width], dec[idx])
-                    logprobs = selective_log_softmax(out.logits, batch.responses[idx])
+                    logprobs = core.logprobs_from_logits(out.logits, batch.responses[idx])
                     mask = batch.response_mask[idx]
                     pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)
                     vf_loss, vf = core.value_loss(out.values, batch.values[idx], batch.returns[idx], mask, cfg.cliprange_value)

@@ -143,3 +143,22 @@ def test_minibatches_cover_the_batch_once():
         assert sorted(torch.cat(parts).tolist()) == list(range(8)) and all(len(p) == 2 for p in parts)
     bucketed = minibatches(lengths, 4, True)
     assert sorted(sorted(lengths[p].tolist()) for p in bucketed) == [[5, 6, 7, 8], [88, 89, 90, 91]]
+
+
+def test_logprobs_and_entropy_match_the_definitions():
+    """Wide logits (a spread past exp's underflow) against the textbook formulas in float64."""
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(2, 5, 300) * 40, torch.randint(0, 300, (2, 5))
+    ref = logits.double().log_softmax(-1)
+    expected_lp = ref.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(core.logprobs_from_logits(logits, tokens).double(), expected_lp, rtol=0, atol=1e-4)
+    expected_ent = -(ref.exp() * ref).sum(-1)
+    torch.testing.assert_close(core.entropy_from_logits(logits).double(), expected_ent, rtol=0, atol=1e-4)
+
+
+def test_logprobs_gradient_is_softmax_minus_onehot():
+    logits = torch.randn(1, 1, 7, requires_grad=True)
+    core.logprobs_from_logits(logits, torch.tensor([[3]])).sum().backward()
+    expected = -logits.detach().softmax(-1)
+    expected[0, 0, 3] += 1
+    torch.testing.assert_close(logits.grad, expected)

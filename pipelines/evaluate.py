@@ -12,7 +12,7 @@ from rlhf.generation import generate
 from rlhf.judges import load_judges
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import load_seq2seq, load_tokenizer
-from rlhf.ppo.evaluation import reference_lm
+from rlhf.ppo.model import reference_lm
 from rlhf.report import build_report
 from rlhf.reward import load_scorer, scored_texts
 from rlhf.rundir import require_stage, start_stage

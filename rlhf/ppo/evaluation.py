@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from statistics import mean
 
 from rlhf.config import ExperimentConfig, GenerationSetting
 from rlhf.data import format_prompt
 from rlhf.generation import generate
 from rlhf.metrics import rouge
+from rlhf.ppo.model import reference_lm
 from rlhf.reward import scored_texts
-
-
-@contextlib.contextmanager
-def reference_lm(lm, ref_lm=None):
-    """The model to generate with as the reference: ``lm`` with its LoRA adapter disabled, or the
-    frozen copy ``ref_lm`` when the policy was fully fine-tuned."""
-    if ref_lm is None:
-        with lm.disable_adapter():
-            yield lm
-    else:
-        yield ref_lm
 
 
 def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:

@@ -21,6 +21,17 @@ from rlhf.errors import UserError
 from rlhf.models import apply_lora, load_seq2seq
 
 
+@contextlib.contextmanager
+def reference_lm(lm, ref_lm=None):
+    """The reference model: ``lm`` with its LoRA adapter disabled, or the frozen copy ``ref_lm``
+    when the policy is fully fine-tuned."""
+    if ref_lm is None:
+        with lm.disable_adapter():
+            yield lm
+    else:
+        yield ref_lm
+
+
 class ValueHead(nn.Module):
     """``Linear(d_model, 1)`` on the decoder's last hidden state: [B, T, d] -> [B, T]."""
 
@@ -41,7 +52,7 @@ class ForwardOut:
 
 
 class Policy(nn.Module):
-    """LM + value head. ``reference()`` is a context in which forwards run the frozen reference."""
+    """LM + value head; ``ref_logits`` runs the frozen reference (see :func:`reference_lm`)."""
 
     def __init__(self, lm: nn.Module, value_head: ValueHead, ref_lm: nn.Module | None = None):
         super().__init__()
@@ -53,19 +64,26 @@ class Policy(nn.Module):
         return hasattr(self.lm, "disable_adapter")
 
     def forward(self, input_ids, attention_mask, decoder_input_ids, with_values: bool = True,
-                encoder_outputs=None) -> ForwardOut:
+                encoder_states: torch.Tensor | None = None) -> ForwardOut:
+        """``encoder_states`` [B, S, d]: this policy's encoder outputs for ``input_ids``, if already
+        computed (then only the decoder runs)."""
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      encoder_outputs=encoder_outputs, output_hidden_states=with_values, use_cache=False)
+                      encoder_outputs=_as_encoder_outputs(encoder_states), output_hidden_states=with_values,
+                      use_cache=False)
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return ForwardOut(out.logits, values)
 
     @torch.no_grad()
-    def ref_logits(self, input_ids, attention_mask, decoder_input_ids) -> torch.Tensor:
-        ctx = self.lm.disable_adapter() if self.is_lora else contextlib.nullcontext()
-        lm = self.lm if self.is_lora else self.ref_lm
-        with ctx:
+    def ref_logits(self, input_ids, attention_mask, decoder_input_ids,
+                   encoder_states: torch.Tensor | None = None) -> torch.Tensor:
+        """The reference's logits; ``encoder_states`` as in ``forward``, but the reference's own."""
+        with self.reference() as lm:
             return lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      use_cache=False).logits
+                      encoder_outputs=_as_encoder_outputs(encoder_states), use_cache=False).logits
+
+    def reference(self):
+        """Context: the reference LM (see :func:`reference_lm`)."""
+        return reference_lm(self.lm, self.ref_lm)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if v.requires_grad}
@@ -78,6 +96,12 @@ class Policy(nn.Module):
         with torch.no_grad():
             for k, v in state.items():
                 params[k].copy_(v)
+
+
+def _as_encoder_outputs(states: torch.Tensor | None):
+    from transformers.modeling_outputs import BaseModelOutput
+
+    return None if states is None else BaseModelOutput(last_hidden_state=states)
 
 
 def sft_start_path(config: ExperimentConfig, sft_dir: Path | None) -> tuple[str, str | None]:

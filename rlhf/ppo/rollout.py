@@ -39,16 +39,37 @@ def decoder_inputs(responses: torch.Tensor, start_token_id: int) -> torch.Tensor
 
 
 @torch.no_grad()
+def encoder_states(lm, queries: Queries, chunk_size: int) -> torch.Tensor:
+    """[B, S, d] encoder outputs of ``lm``, computed in chunks of prompts of similar length, each
+    cut to its longest prompt, so no work is spent on padding. Padding positions stay 0 (the
+    decoder's cross-attention masks them out)."""
+    lengths = queries.attention_mask.sum(-1)
+    encoder, states = lm.get_encoder(), None
+    for idx in torch.argsort(lengths, stable=True).split(chunk_size):
+        width = int(lengths[idx].max())
+        h = encoder(input_ids=queries.input_ids[idx, :width], attention_mask=queries.attention_mask[idx, :width])
+        h = h.last_hidden_state
+        if states is None:
+            states = h.new_zeros(*queries.input_ids.shape, h.shape[-1])
+        states[idx, :width] = h
+    return states
+
+
+@torch.no_grad()
 def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
-                     decoder_start_token_id: int, min_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     decoder_start_token_id: int, min_new_tokens: int = 0,
+                     states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One batched sampling call: top_k=0, top_p=1, temperature=1, no min_length by default
-    -> (responses, mask)."""
+    -> (responses, mask). ``states``: ``lm``'s encoder outputs for the queries, if already computed."""
     from transformers import GenerationConfig
+    from transformers.modeling_outputs import BaseModelOutput
 
     gen = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
                            min_new_tokens=min_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                            decoder_start_token_id=decoder_start_token_id)
-    out = lm.generate(input_ids=queries.input_ids, attention_mask=queries.attention_mask, generation_config=gen)
+    extra = {} if states is None else {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
+    out = lm.generate(input_ids=queries.input_ids, attention_mask=queries.attention_mask, generation_config=gen,
+                      **extra)
     responses = out[:, 1:]  # drop the decoder start token
     mask = response_mask_from(responses, eos_token_id)
     return responses.masked_fill(~mask, pad_token_id), mask
@@ -64,14 +85,25 @@ class Scored:
 
 @torch.no_grad()
 def score_responses(policy, queries: Queries, responses: torch.Tensor, response_mask: torch.Tensor,
-                    start_token_id: int, batch_size: int) -> Scored:
-    """Policy logprobs, values and entropy, and reference logprobs, in chunks of ``batch_size``."""
+                    start_token_id: int, batch_size: int, chunk_size: int,
+                    states: torch.Tensor | None = None) -> Scored:
+    """Policy logprobs, values and entropy, and reference logprobs, in batches of ``batch_size``.
+
+    ``states``: the policy's encoder outputs from the rollout (the weights have not changed since),
+    so only the decoder runs for the policy; the reference's encoder runs in length-cut chunks of
+    ``chunk_size`` (:func:`encoder_states`).
+    """
     dec = decoder_inputs(responses, start_token_id)
+    if states is None:
+        states = encoder_states(policy.lm, queries, chunk_size)
+    with policy.reference() as ref_lm:
+        ref_states = encoder_states(ref_lm, queries, chunk_size)
     parts: dict[str, list[torch.Tensor]] = {"lp": [], "ref": [], "v": [], "ent": []}
     for i in range(0, responses.shape[0], batch_size):
         sl = slice(i, i + batch_size)
-        out = policy(queries.input_ids[sl], queries.attention_mask[sl], dec[sl])
-        ref_logits = policy.ref_logits(queries.input_ids[sl], queries.attention_mask[sl], dec[sl])
+        out = policy(queries.input_ids[sl], queries.attention_mask[sl], dec[sl], encoder_states=states[sl])
+        ref_logits = policy.ref_logits(queries.input_ids[sl], queries.attention_mask[sl], dec[sl],
+                                       encoder_states=ref_states[sl])
         parts["lp"].append(logprobs_from_logits(out.logits, responses[sl]))
         parts["ref"].append(logprobs_from_logits(ref_logits, responses[sl]))
         parts["v"].append(out.values)

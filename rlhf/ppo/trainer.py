@@ -21,7 +21,8 @@ from rlhf.config import PpoConfig
 from rlhf.errors import UserError
 from rlhf.ppo import core
 from rlhf.ppo.kl import make_kl_controller
-from rlhf.ppo.rollout import Queries, decoder_inputs, encode_queries, sample_responses, score_responses
+from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
+                               score_responses)
 from rlhf.reward import scored_texts
 from rlhf.runtime import use_cpu
 
@@ -91,10 +92,11 @@ class PPOTrainer:
         cfg, step, timer = self.cfg, self.step_count, Timer()
         prompts = self.batch_prompts(step)
         queries = encode_queries(self.tokenizer, prompts, self.max_input_length)
-        with timer("generate"):
+        with timer("generate"):  # the encoder runs once here; its states serve the no-grad pass too
+            states = encoder_states(self.policy.lm, queries, cfg.mini_batch_size)
             responses, response_mask = sample_responses(
                 self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens)
+                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states)
         with timer("score"):
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             scores = self.scorer.rewards(scored_texts(prompts, texts, self.score_with_prompt))
@@ -102,7 +104,7 @@ class PPOTrainer:
                 scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         with timer("forward"):
             scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
-                                     cfg.mini_batch_size * 4)
+                                     cfg.mini_batch_size * 4, cfg.mini_batch_size, states)
         rewards, kl = core.compute_rewards(scores, scored.logprobs, scored.ref_logprobs, response_mask,
                                            self.kl_ctl.value, cfg.kl.estimator)
         advantages, returns = core.gae(rewards, scored.values, response_mask, cfg.gamma, cfg.lam)

@@ -6,7 +6,7 @@ from rlhf.config import config_from_dict
 from rlhf.data import format_prompt, load_splits
 from rlhf.models import load_tokenizer
 from rlhf.ppo.model import ValueHead, build_policy
-from rlhf.ppo.rollout import encode_queries, sample_responses, score_responses
+from rlhf.ppo.rollout import encode_queries, encoder_states, sample_responses, score_responses
 from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
 from rlhf.tinyworld.build import resolve_tinyworld
 
@@ -49,7 +49,7 @@ def test_value_head_shape_and_zero_init():
 def rollout(trainer):
     q = encode_queries(trainer.tokenizer, trainer.batch_prompts(0), 256)
     responses, mask = sample_responses(trainer.policy.lm, q, 8, 1, 0, trainer.start_token)
-    return q, responses, mask, score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4)
+    return q, responses, mask, score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4, 2)
 
 
 @pytest.mark.parametrize("policy", ["lora", "full"])
@@ -62,7 +62,7 @@ def test_step0_kl_is_zero_and_reference_never_changes(tmp_path, policy):
     ref_before = scored.ref_logprobs.clone()
     for _ in range(2):
         trainer.step()
-    after = score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4)
+    after = score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4, 2)
     torch.testing.assert_close(after.ref_logprobs, ref_before, atol=0, rtol=0)
     assert not torch.equal(after.logprobs, ref_before)  # the policy moved
 
@@ -120,3 +120,16 @@ def test_each_rank_takes_its_own_share(tmp_path):
         trainer.accelerator = Rank(rank)
         shares.append(trainer.batch_prompts(1))
     assert shares[0] == full[0::2] and shares[1] == full[1::2]
+
+
+def test_encoder_states_in_length_cut_chunks_match_one_padded_pass(tmp_path):
+    trainer, _ = make(tmp_path)
+    q = encode_queries(trainer.tokenizer, trainer.batch_prompts(0), 256)
+    assert q.attention_mask.sum(-1).unique().numel() > 1  # prompts of different lengths
+    lm = trainer.policy.lm
+    with torch.no_grad():
+        whole = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+    chunked = encoder_states(lm, q, chunk_size=1)
+    real = q.attention_mask.bool()
+    torch.testing.assert_close(chunked[real], whole[real], atol=1e-5, rtol=1e-4)
+    assert (chunked[~real] == 0).all()

@@ -85,13 +85,13 @@ class Scored:
 
 @torch.no_grad()
 def score_responses(policy, queries: Queries, responses: torch.Tensor, response_mask: torch.Tensor,
-                    start_token_id: int, batch_size: int, chunk_size: int,
-                    states: torch.Tensor | None = None) -> Scored:
-    """Policy logprobs, values and entropy, and reference logprobs, in batches of ``batch_size``.
+                    start_token_id: int, chunk_size: int, states: torch.Tensor | None = None) -> Scored:
+    """Policy logprobs, values and entropy, and reference logprobs, ``chunk_size`` prompts at a time
+    (which bounds the [chunk, T, vocab] logits held at once).
 
     ``states``: the policy's encoder outputs from the rollout (the weights have not changed since),
-    so only the decoder runs for the policy; the reference's encoder runs in length-cut chunks of
-    ``chunk_size`` (:func:`encoder_states`).
+    so only the decoder runs for the policy; the reference's encoder runs in length-cut chunks
+    (:func:`encoder_states`).
     """
     dec = decoder_inputs(responses, start_token_id)
     if states is None:
@@ -99,8 +99,8 @@ def score_responses(policy, queries: Queries, responses: torch.Tensor, response_
     with policy.reference() as ref_lm:
         ref_states = encoder_states(ref_lm, queries, chunk_size)
     parts: dict[str, list[torch.Tensor]] = {"lp": [], "ref": [], "v": [], "ent": []}
-    for i in range(0, responses.shape[0], batch_size):
-        sl = slice(i, i + batch_size)
+    for i in range(0, responses.shape[0], chunk_size):
+        sl = slice(i, i + chunk_size)
         out = policy(queries.input_ids[sl], queries.attention_mask[sl], dec[sl], encoder_states=states[sl])
         ref_logits = policy.ref_logits(queries.input_ids[sl], queries.attention_mask[sl], dec[sl],
                                        encoder_states=ref_states[sl])

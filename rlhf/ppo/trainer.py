@@ -104,7 +104,7 @@ class PPOTrainer:
                 scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         with timer("forward"):
             scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
-                                     cfg.mini_batch_size * 4, cfg.mini_batch_size, states)
+                                     cfg.mini_batch_size, states)
         rewards, kl = core.compute_rewards(scores, scored.logprobs, scored.ref_logprobs, response_mask,
                                            self.kl_ctl.value, cfg.kl.estimator)
         advantages, returns = core.gae(rewards, scored.values, response_mask, cfg.gamma, cfg.lam)

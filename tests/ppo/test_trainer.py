@@ -49,7 +49,7 @@ def test_value_head_shape_and_zero_init():
 def rollout(trainer):
     q = encode_queries(trainer.tokenizer, trainer.batch_prompts(0), 256)
     responses, mask = sample_responses(trainer.policy.lm, q, 8, 1, 0, trainer.start_token)
-    return q, responses, mask, score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4, 2)
+    return q, responses, mask, score_responses(trainer.policy, q, responses, mask, trainer.start_token, 2)
 
 
 @pytest.mark.parametrize("policy", ["lora", "full"])
@@ -62,7 +62,7 @@ def test_step0_kl_is_zero_and_reference_never_changes(tmp_path, policy):
     ref_before = scored.ref_logprobs.clone()
     for _ in range(2):
         trainer.step()
-    after = score_responses(trainer.policy, q, responses, mask, trainer.start_token, 4, 2)
+    after = score_responses(trainer.policy, q, responses, mask, trainer.start_token, 2)
     torch.testing.assert_close(after.ref_logprobs, ref_before, atol=0, rtol=0)
     assert not torch.equal(after.logprobs, ref_before)  # the policy moved
 

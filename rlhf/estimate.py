@@ -69,12 +69,16 @@ def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str) -> fl
     return layers * scale + logits
 
 
+def encoder_flops(s: Shape, batch: int, src: int) -> float:
+    """The encoder's share of a forward: 2 FLOPs per weight per token plus attention scores."""
+    return 2 * s.enc_params * src * batch + 4 * batch * s.d_model * s.enc_layers * src * src
+
+
 def forward_flops(s: Shape, batch: int, src: int, tgt: int) -> float:
     """One teacher-forced forward: 2 FLOPs per weight per token, attention scores, and the lm_head."""
-    matmuls = 2 * (s.enc_params * src + s.dec_params * tgt) * batch
-    attention = 4 * batch * s.d_model * (s.enc_layers * src * src + s.dec_layers * (tgt * tgt + tgt * src))
+    decoder = 2 * s.dec_params * tgt * batch + 4 * batch * s.d_model * s.dec_layers * (tgt * tgt + tgt * src)
     head = 2 * batch * tgt * s.d_model * s.vocab
-    return matmuls + attention + head
+    return encoder_flops(s, batch, src) + decoder + head
 
 
 def memory(total: int, trainable: int, dtype: str, act: float) -> dict[str, float]:
@@ -127,7 +131,8 @@ def ppo_step_flops(s: Shape, p, src: int) -> dict[str, float]:
     b, t = p.batch_size, p.max_new_tokens
     fwd = forward_flops(s, b, src, t)
     generate = forward_flops(s, b, src, t)  # encoder once + one decoder token at a time with a KV cache
-    no_grad = 2 * fwd  # policy (+ values) and reference
+    # reference; the policy (+ values) reuses the encoder states computed for generation
+    no_grad = 2 * fwd - encoder_flops(s, b, src)
     backward_factor = 1.0 if p.policy == "lora" else 2.0
     update = p.ppo_epochs * (1 + backward_factor) * fwd
     return {"generate": generate, "forward_no_grad": no_grad, "update": update, "total": generate + no_grad + update}

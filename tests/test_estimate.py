@@ -28,7 +28,9 @@ def test_estimate_flan_t5_base_shape(flan_base_config):
     assert ppo["reference"] == "adapter-disabled policy" and ppo["reward_params"] is None
     flops = est["ppo_step_flops"]
     assert flops["total"] == pytest.approx(flops["generate"] + flops["forward_no_grad"] + flops["update"])
-    assert flops["update"] == pytest.approx(4 * flops["forward_no_grad"])  # 4 epochs x (fwd + bwd) with LoRA
+    # 4 epochs x (fwd + bwd) with LoRA = 8 forwards; the no-grad pass is 2 forwards less one encoder
+    assert 4 * flops["forward_no_grad"] < flops["update"] < 8 * flops["forward_no_grad"]
+    assert flops["generate"] == pytest.approx(flops["update"] / 8)
     assert "PPO step:" in format_estimate(est)
 
 

@@ -17,6 +17,7 @@ from rlhf.ppo.model import build_policy
 from rlhf.ppo.trainer import PPOTrainer, latest_checkpoint
 from rlhf.reward import load_scorer
 from rlhf.rundir import require_stage, start_stage
+from rlhf.runtime import PeakRss, rss_mib
 from rlhf.tinyworld.build import resolve_tinyworld
 
 SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/clipfrac")
@@ -24,6 +25,7 @@ SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/cl
 
 def main(config: ExperimentConfig, resume: bool = False) -> dict:
     config = resolve_tinyworld(config)
+    before_models_mib = rss_mib()  # for checking `rlhf estimate` against the peak (benchmarks/RESULTS.md)
     cfg = config.ppo
     sft_dir = require_stage(config, "sft", "ppo") if cfg.start_from != "base" else None
     reward_dir = require_stage(config, "reward", "ppo")
@@ -47,6 +49,30 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
         test = test.select(range(min(cfg.eval_n_dialogues, len(test))))
     main_process = trainer.accelerator.is_main_process
     bar = tqdm(range(trainer.step_count, cfg.steps), desc="ppo", disable=not main_process)
+    with PeakRss() as mem:
+        _train(trainer, bar, cfg, config, test, stage.dir, ckpt_dir, log_path)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    if not main_process:
+        return {}
+    _save_policy(trainer.policy, tokenizer, stage.dir)
+    result = before_after(trainer.policy, tokenizer, scorer, test, config)
+    history = [json.loads(line) for line in log_path.open()]
+    metrics = {**result["summary"], "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
+               "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
+               "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
+               "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1)}
+    stage.write_metrics(metrics)
+    atomic_write_text(stage.dir / "before_after.json", json.dumps(result["rows"], indent=1))
+    stage.finish()
+    print(f"ppo: toxicity {metrics['toxicity_before']:.4f} -> {metrics['toxicity_after']:.4f}, ROUGE-L "
+          f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}, final KL {metrics['kl_mean_final']:.3f}")
+    return metrics
+
+
+def _train(trainer, bar, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path) -> None:
+    """The PPO steps: log each, checkpoint every ``save_steps``, write samples every ``sample_steps``."""
+    main_process = trainer.accelerator.is_main_process
     for _ in bar:
         stats = trainer.step()
         bar.set_postfix({k.split("/")[-1]: f"{stats[k]:.3f}" for k in SHOWN})
@@ -57,23 +83,7 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
         if trainer.step_count % cfg.save_steps == 0 or trainer.step_count == cfg.steps:
             trainer.save_checkpoint(ckpt_dir / f"step-{trainer.step_count}")
         if trainer.step_count % cfg.sample_steps == 0 and main_process:
-            _write_samples(trainer, test, config, stage.dir / "samples" / f"step-{trainer.step_count}.md")
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    if not main_process:
-        return {}
-    _save_policy(trainer.policy, tokenizer, stage.dir)
-    result = before_after(trainer.policy, tokenizer, scorer, test, config)
-    history = [json.loads(line) for line in log_path.open()]
-    metrics = {**result["summary"], "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
-               "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
-               "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy"}
-    stage.write_metrics(metrics)
-    atomic_write_text(stage.dir / "before_after.json", json.dumps(result["rows"], indent=1))
-    stage.finish()
-    print(f"ppo: toxicity {metrics['toxicity_before']:.4f} -> {metrics['toxicity_after']:.4f}, ROUGE-L "
-          f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}, final KL {metrics['kl_mean_final']:.3f}")
-    return metrics
+            _write_samples(trainer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
 
 
 def _truncate_log(path: Path, step: int) -> None:

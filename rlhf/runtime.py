@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import psutil
 import torch
 
 
@@ -20,3 +23,37 @@ def flush_denormals() -> bool:
     process start, before the first parallel torch op. Returns False where unsupported.
     """
     return torch.set_flush_denormal(True)
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, in MiB."""
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms), in MiB.
+
+    On CUDA the peak allocated GPU memory is reported instead.
+    """
+
+    def __enter__(self):
+        self.peak = psutil.Process().memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        proc = psutil.Process()
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if torch.cuda.is_available():
+            self.mib = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self.mib = self.peak / 2**20

@@ -5,19 +5,17 @@ Full vs LoRA is one branch in :func:`prepare_model`; training, saving and evalua
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 
 from rlhf.artifacts import atomic_dir, atomic_write_json, read_json
 from rlhf.config import ExperimentConfig, SftVariant
 from rlhf.data import format_prompt
 from rlhf.models import apply_lora, count_parameters
-from rlhf.runtime import use_cpu
+from rlhf.runtime import PeakRss, use_cpu
 
 
 def tokenize_split(ds, tokenizer, template: str, max_input: int, max_target: int):
@@ -44,35 +42,6 @@ def prepare_model(base, variant: SftVariant, config: ExperimentConfig):
     for p in base.parameters():
         p.requires_grad_(True)
     return base
-
-
-class PeakRss:
-    """Peak resident memory of this process while the block runs (sampled every 50 ms), in MiB.
-
-    On CUDA the peak allocated GPU memory is reported instead.
-    """
-
-    def __enter__(self):
-        self.peak = psutil.Process().memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        proc = psutil.Process()
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, proc.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        if torch.cuda.is_available():
-            self.mib = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self.mib = self.peak / 2**20
 
 
 @dataclass

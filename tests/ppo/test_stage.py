@@ -32,6 +32,7 @@ def test_ppo_stage_end_to_end(tmp_path):
     for key in ("toxicity_before", "toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "steps", "seconds"):
         assert key in metrics
     assert metrics["steps"] == 3
+    assert metrics["peak_memory_mb"] > metrics["memory_before_models_mb"] > 0
     log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
     assert [row["step"] for row in log] == [1, 2, 3] and log[0]["objective/kl"] == pytest.approx(0, abs=1e-6)
     assert (folder / "policy" / "adapter_model.safetensors").is_file()

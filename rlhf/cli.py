@@ -145,9 +145,12 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhf.runtime import flush_denormals
+    import os
 
-    flush_denormals()  # first, before torch's thread pool exists (see its docstring)
+    if os.environ.get("RLHF_FLUSH_DENORMALS") == "1":  # opt-in speed-up on CPU (see its docstring)
+        from rlhf.runtime import flush_denormals
+
+        flush_denormals()  # first, before torch's thread pool exists
     _quiet_libraries()
     try:
         dispatch(sys.argv[1:] if argv is None else argv)

@@ -8,9 +8,6 @@ import os
 import pytest
 
 from rlhf.config import config_from_dict
-from rlhf.runtime import flush_denormals
-
-flush_denormals()  # as the CLI does, before torch's thread pool exists
 
 # Small enough to build in seconds; the default experiment uses the full-size defaults.
 SMALL_WORLD = {

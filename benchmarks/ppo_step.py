@@ -35,14 +35,21 @@ class WordsReward:
 
 
 def flan_t5_small(model_in: str | None):
-    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers import T5ForConditionalGeneration
 
     from rlhf.models import fuse_gelu
 
     if model_in:
         model = T5ForConditionalGeneration.from_pretrained(model_in)
-        fuse_gelu(model)
-        return model.eval()
+    else:
+        model = random_flan_t5_small()
+    fuse_gelu(model)  # as rlhf.models.load_seq2seq does
+    return model.eval()
+
+
+def random_flan_t5_small():
+    from transformers import T5Config, T5ForConditionalGeneration
+
     config = T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
                       feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False, dropout_rate=0.1,
                       pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
@@ -50,8 +57,7 @@ def flan_t5_small(model_in: str | None):
     model = T5ForConditionalGeneration(config)
     # flan-t5 has its own lm_head; transformers 5 ties it when building from a config
     model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 512 ** -0.5)
-    fuse_gelu(model)  # as rlhf.models.load_seq2seq does
-    return model.eval()
+    return model
 
 
 def tokenizer_and_prompts(tokenizer_dir: str | None, prompts_file: str | None, n: int):
@@ -130,7 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     from rlhf.runtime import flush_denormals
 
-    flush_denormals()  # as `rlhf` does at start: before the first parallel op
+    flush_denormals()  # as `RLHF_FLUSH_DENORMALS=1 rlhf ...` does: before the first parallel op
     torch.set_num_threads(args.threads)
     tok, prompts = tokenizer_and_prompts(args.tokenizer, args.prompts, args.batch_size * args.steps)
     trainer = build_trainer(args, tok, prompts)

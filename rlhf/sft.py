@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from rlhf.artifacts import atomic_dir, atomic_write_json, read_json
 from rlhf.config import ExperimentConfig, SftVariant
 from rlhf.data import format_prompt

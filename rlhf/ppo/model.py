@@ -68,7 +68,7 @@ class Policy(nn.Module):
         """``encoder_states`` [B, S, d]: this policy's encoder outputs for ``input_ids``, if already
         computed (then only the decoder runs)."""
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      encoder_outputs=_as_encoder_outputs(encoder_states), output_hidden_states=with_values,
+                      encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
                       use_cache=False)
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return ForwardOut(out.logits, values)
@@ -79,7 +79,7 @@ class Policy(nn.Module):
         """The reference's logits; ``encoder_states`` as in ``forward``, but the reference's own."""
         with self.reference() as lm:
             return lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      encoder_outputs=_as_encoder_outputs(encoder_states), use_cache=False).logits
+                      encoder_outputs=as_encoder_outputs(encoder_states), use_cache=False).logits
 
     def reference(self):
         """Context: the reference LM (see :func:`reference_lm`)."""
@@ -98,7 +98,8 @@ class Policy(nn.Module):
                 params[k].copy_(v)
 
 
-def _as_encoder_outputs(states: torch.Tensor | None):
+def as_encoder_outputs(states: torch.Tensor | None):
+    """[B, S, d] encoder states -> the ``encoder_outputs`` argument of a transformers seq2seq model."""
     from transformers.modeling_outputs import BaseModelOutput
 
     return None if states is None else BaseModelOutput(last_hidden_state=states)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.ppo.core import entropy_from_logits, logprobs_from_logits, masked_mean
+from rlhf.ppo.model import as_encoder_outputs
 
 
 @dataclass
@@ -75,13 +76,12 @@ def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: in
     """One batched sampling call from the full softmax (top_k=0, top_p=1, temperature=1, no
     min_length by default) -> (responses, mask). ``states``: ``lm``'s encoder outputs for the queries, if already computed."""
     from transformers import GenerationConfig, LogitsProcessorList
-    from transformers.modeling_outputs import BaseModelOutput
 
     # sampling as greedy search over Gumbel-perturbed logits (GumbelMax), no top-k / top-p
     gen = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                            decoder_start_token_id=decoder_start_token_id)
-    extra = {} if states is None else {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
+    extra = {} if states is None else {"encoder_outputs": as_encoder_outputs(states)}
     out = lm.generate(input_ids=queries.input_ids, attention_mask=queries.attention_mask, generation_config=gen,
                       logits_processor=LogitsProcessorList([GumbelMax()]), **extra)
     responses = out[:, 1:]  # drop the decoder start token

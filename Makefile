@@ -43,3 +43,23 @@ peer-venv: $(PEER)/venv/.installed
 
 bench-compare: $(STAMP) peer-venv
 	PEER=$(PEER) $(BIN)/python benchmarks/compare.py --steps 4 --rounds 2
+
+# Checks on real third-party data in ../shared/data (never copied into the repository; see benchmarks/RESULTS.md).
+SHARED   ?= ../shared/data
+STANDINS ?= $(or $(RLHF_CACHE),$(HOME)/.cache/rlhf)/standins
+# The Davidson reward classifier offline: a small encoder trained from scratch instead of distilroberta-base
+DAVIDSON_OFFLINE := reward.model=$(STANDINS)/encoder reward.from_scratch=true reward.learning_rate=1e-3 \
+	reward.epochs=3 run_name=reward_davidson_offline
+
+.PHONY: smoke-lab reward-davidson gpu-smoke
+
+smoke-lab: $(STAMP)
+	$(BIN)/python benchmarks/smoke_lab.py --shared $(SHARED)
+
+reward-davidson: $(STAMP)
+	$(BIN)/python benchmarks/standins.py --out $(STANDINS) --only encoder --shared $(SHARED)
+	$(BIN)/rlhf reward configs/reward_davidson.yaml reward.data.source=$(SHARED)/davidson/labeled_data.csv \
+		$(DAVIDSON_OFFLINE)
+
+gpu-smoke: $(STAMP)
+	bash benchmarks/gpu_smoke.sh

@@ -1,22 +1,31 @@
-"""Stage 5: toxicity before (SFT policy) vs after (PPO policy) on the held-out set, and the report."""
+"""Stage 5: the SFT policy (before) vs the PPO policy (after) on the held-out dialogues.
+
+Per prompt: one greedy response and k sampled ones from each policy, scored by the reward model
+and by independent judges, with their NLL under the base model (fluency). Everything lands in
+``generations.jsonl``; :func:`rlhf.protocol.summarize` turns it into the figures and the verdict,
+and the report is built from those artifacts alone (``rlhf report RUN_DIR``).
+"""
 
 from __future__ import annotations
 
-from statistics import mean
+import dataclasses
 
-from rlhf.artifacts import atomic_write_json
+from rlhf.artifacts import atomic_write_jsonl
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import format_prompt, load_splits
-from rlhf.evaluation import paired_change, response_logprobs, sequence_kl, summary
+from rlhf.data import format_prompt, load_eval_dialogues
+from rlhf.evaluation import response_logprobs, response_nll, sequence_kl
 from rlhf.generation import generate
 from rlhf.judges import load_judges
-from rlhf.metrics import mean_words, rouge
 from rlhf.models import load_seq2seq, load_tokenizer
 from rlhf.ppo.model import reference_lm
+from rlhf.protocol import SIDES, summarize
 from rlhf.report import build_report
+from rlhf.runtime import autocast
 from rlhf.reward import load_scorer, scored_texts
 from rlhf.rundir import require_stage, start_stage
 from rlhf.tinyworld.build import resolve_tinyworld
+
+RM = "reward model"
 
 
 def load_pair(config: ExperimentConfig, ppo_dir):
@@ -33,15 +42,72 @@ def load_pair(config: ExperimentConfig, ppo_dir):
     return load_seq2seq(config.model, str(ppo_dir / "policy")), before
 
 
-def _generations(lm, tokenizer, prompts, config) -> dict[str, list[str]]:
+def responses(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> dict:
+    """{"greedy": [n], "samples": [n][k]} for ``prompts`` (samples empty lists when k = 0)."""
     cfg = config.evaluate
     common = dict(max_new_tokens=cfg.max_new_tokens or config.sft.max_new_tokens, batch_size=cfg.batch_size,
                   max_input_length=config.model.max_input_length)
-    out = {"greedy": generate(lm, tokenizer, prompts, GenerationSetting("greedy"), seed=config.seed, **common).texts}
-    sampling = GenerationSetting("sampled", do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
-    for k in range(cfg.n_samples):
-        out[f"sample{k}"] = generate(lm, tokenizer, prompts, sampling, seed=config.seed + 1 + k, **common).texts
-    return out
+    greedy = generate(lm, tokenizer, prompts, GenerationSetting("greedy"), seed=config.seed, **common).texts
+    samples: list[list[str]] = [[] for _ in prompts]
+    if cfg.n_samples:
+        setting = GenerationSetting("sampled", do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+        gens = generate(lm, tokenizer, prompts, setting, seed=config.seed + 1, num_return_sequences=cfg.n_samples,
+                        **common)
+        samples = gens.samples or [[t] for t in gens.texts]
+    return {"greedy": greedy, "samples": samples}
+
+
+def _flat(side: dict) -> list[str]:
+    """All responses of one side in a fixed order: every greedy one, then every prompt's samples."""
+    return side["greedy"] + [t for row in side["samples"] for t in row]
+
+
+def _unflat(values: list, n: int, k: int) -> dict:
+    return {"greedy": values[:n], "samples": [values[n + i * k:n + (i + 1) * k] for i in range(n)]}
+
+
+def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str], tokenizer, ppo_dir, reward_dir):
+    """Per-prompt records (responses, scores, NLL under the base model), and KL(after || before),
+    the judges that ran and the strata rule."""
+    cfg = config.evaluate
+    n, k, max_input = len(prompts), cfg.n_samples, config.model.max_input_length
+    after_lm, frozen_before = load_pair(config, ppo_dir)
+    gens = {"after": responses(after_lm, tokenizer, prompts, config)}
+    kl_texts = [row[0] for row in gens["after"]["samples"]] if k else gens["after"]["greedy"]
+    lp_args = (tokenizer, prompts, kl_texts, max_input, cfg.batch_size)
+    after_lp = response_logprobs(after_lm, *lp_args)
+    with reference_lm(after_lm, frozen_before) as before_lm:
+        gens["before"] = responses(before_lm, tokenizer, prompts, config)
+        before_lp = response_logprobs(before_lm, *lp_args)
+    del after_lm, frozen_before
+
+    flat_prompts = prompts + [p for p in prompts for _ in range(k)]
+    scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
+    judges, missing = load_judges(cfg.judges)
+    score_fns = {RM: lambda texts: scorer.toxic_probs(scored_texts(flat_prompts, texts, config.reward.score_with_prompt)).tolist(),
+                 **judges}
+    scores = {name: {side: _unflat(fn(_flat(gens[side])), n, k) for side in SIDES} for name, fn in score_fns.items()}
+    base_lm = load_seq2seq(config.model)  # fluency: the model the pipeline started from, never trained here
+    nll = {}
+    for side in SIDES:  # per prompt: its greedy response, then its k samples
+        per_prompt = response_nll(base_lm, tokenizer, prompts, [[g, *ks] for g, ks in zip(gens[side]["greedy"],
+                                  gens[side]["samples"])], max_input, cfg.batch_size)
+        nll[side] = {"greedy": [row[0] for row in per_prompt], "samples": [row[1:] for row in per_prompt]}
+    strata, strata_rule = _strata(dialogues, config, judges)
+
+    records = []
+    for i, d in enumerate(dialogues):
+        records.append({
+            "id": d.id, "prompt": prompts[i], "references": d.references, "stratum": strata[i],
+            "key_facts": d.key_facts,
+            **{side: {"greedy": gens[side]["greedy"][i], "samples": gens[side]["samples"][i]} for side in SIDES},
+            "scores": {name: {side: {"greedy": s[side]["greedy"][i], "samples": s[side]["samples"][i]} for side in SIDES}
+                       for name, s in scores.items()},
+            "nll": {side: {"greedy": nll[side]["greedy"][i], "samples": nll[side]["samples"][i]} for side in SIDES},
+        })
+    info = {"kl_after_vs_before": sequence_kl(after_lp, before_lp), "judges_run": sorted(judges),
+            "judges_missing": missing, "strata_rule": strata_rule}
+    return records, info
 
 
 def main(config: ExperimentConfig) -> dict:
@@ -50,70 +116,43 @@ def main(config: ExperimentConfig) -> dict:
     ppo_dir = require_stage(config, "ppo", "evaluate")
     reward_dir = require_stage(config, "reward", "evaluate")
     stage = start_stage(config, "evaluate")
-    test = load_splits(config.data, config.seed)["test"]
-    if cfg.n_dialogues:
-        test = test.select(range(min(cfg.n_dialogues, len(test))))
+    dialogues = load_eval_dialogues(config.data, config.seed, cfg.n_dialogues)
     tokenizer = load_tokenizer(config.model)
-    prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
-    after_lm, frozen_before = load_pair(config, ppo_dir)
-    after = _generations(after_lm, tokenizer, prompts, config)
-    kl_texts = after["sample0"] if cfg.n_samples else after["greedy"]
-    lp_args = (tokenizer, prompts, kl_texts, config.model.max_input_length, cfg.batch_size)
-    after_lp = response_logprobs(after_lm, *lp_args)
-    with reference_lm(after_lm, frozen_before) as before_lm:
-        before = _generations(before_lm, tokenizer, prompts, config)
-        before_lp = response_logprobs(before_lm, *lp_args)
-
-    scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
-    judges, missing = load_judges(cfg.judges)
-    per_prompt = {}
-    for side, gens in (("before", before), ("after", after)):
-        rm = {k: scorer.toxic_probs(scored_texts(prompts, v, config.reward.score_with_prompt)).tolist() for k, v in gens.items()}
-        per_prompt[side] = {"rm": rm, **{name: {k: judge(v) for k, v in gens.items()} for name, judge in judges.items()}}
-
-    metrics = {"n_samples": len(prompts), "generation": {"greedy": True, "sampled_per_prompt": cfg.n_samples,
-               "temperature": cfg.temperature, "top_p": cfg.top_p}, "threshold": cfg.threshold,
-               "judges_run": sorted(judges), "judges_missing": missing,
-               "scored_text": "prompt + response" if config.reward.score_with_prompt else "response"}
-    for scorer_name in ["rm", *judges]:
-        metrics[scorer_name] = _toxicity_block(per_prompt, scorer_name, cfg, config.seed)
-    rouge_before, rouge_after = rouge(before["greedy"], test["summary"]), rouge(after["greedy"], test["summary"])
-    metrics["quality"] = {"rouge_before": rouge_before, "rouge_after": rouge_after,
-                          "mean_words_before": mean_words(before["greedy"]), "mean_words_after": mean_words(after["greedy"]),
-                          "kl_after_vs_before": sequence_kl(after_lp, before_lp),
-                          "kl_on": "sampled after-policy responses" if cfg.n_samples else "greedy after-policy responses"}
-    metrics["examples"] = _examples(prompts, before["greedy"], after["greedy"], per_prompt, cfg.n_examples)
-    atomic_write_json(stage.dir / "per_sample.json", {
-        "prompts": prompts, "before": before["greedy"], "after": after["greedy"],
-        "rm_before": per_prompt["before"]["rm"]["greedy"], "rm_after": per_prompt["after"]["rm"]["greedy"]})
+    prompts = [format_prompt(d.dialogue, config.data.template) for d in dialogues]
+    with autocast(config.model.mixed_precision):
+        records, info = _generate_and_score(config, dialogues, prompts, tokenizer, ppo_dir, reward_dir)
+    atomic_write_jsonl(stage.dir / "generations.jsonl", records)
+    judges = info["judges_run"]
+    protocol = summarize(records, [RM, *judges], judges, cfg.threshold, cfg.bootstrap_resamples, config.seed,
+                         cfg.bounds)
+    metrics = {"n_prompts": len(prompts), "n_samples": cfg.n_samples, "threshold": cfg.threshold, **info,
+               "bounds": dataclasses.asdict(cfg.bounds),
+               "generation": {"greedy": True, "sampled_per_prompt": cfg.n_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                              "max_new_tokens": cfg.max_new_tokens or config.sft.max_new_tokens},
+               "scored_text": "prompt + response" if config.reward.score_with_prompt else "response",
+               "fluency_model": config.model.name,
+               "kl_on": "one sampled after-policy response per prompt" if cfg.n_samples else "greedy after-policy responses",
+               "protocol": protocol}
     stage.write_metrics(metrics)
     stage.finish()
     report = build_report(config.run_dir)
-    h = report["headline"]
-    print(f"evaluate: reward-model toxicity {h['toxicity_before']:.4f} -> {h['toxicity_after']:.4f} "
-          f"(change 95% CI [{h['toxicity_change_ci95'][0]:+.4f}, {h['toxicity_change_ci95'][1]:+.4f}])")
+    print(f"evaluate: {report['headline']['verdict']}")
     return metrics
 
 
-def _toxicity_block(per_prompt: dict, name: str, cfg, seed: int) -> dict:
-    """Greedy and sampled summaries for one scorer, with paired changes per prompt."""
-    block = {}
-    for mode, keys in (("greedy", ["greedy"]), ("sampled", [k for k in per_prompt["before"][name] if k != "greedy"])):
-        if not keys:
-            continue
-        before = [mean(vals) for vals in zip(*(per_prompt["before"][name][k] for k in keys))]
-        after = [mean(vals) for vals in zip(*(per_prompt["after"][name][k] for k in keys))]
-        block[mode] = {"before": summary(before, cfg.threshold), "after": summary(after, cfg.threshold),
-                       **paired_change(before, after, cfg.bootstrap_resamples, seed)}
-    return block
-
-
-def _examples(prompts, before, after, per_prompt, n: int) -> dict:
-    rm_b, rm_a = per_prompt["before"]["rm"]["greedy"], per_prompt["after"]["rm"]["greedy"]
-    rows = [{"prompt": p[:160], "before": b, "after": a, "toxicity_before": tb, "toxicity_after": ta, "change": ta - tb}
-            for p, b, a, tb, ta in zip(prompts, before, after, rm_b, rm_a)]
-    by_change = sorted(rows, key=lambda r: r["change"])
-    return {"improvements": by_change[:n], "regressions": [r for r in reversed(by_change) if r["change"] > 0][:n]}
+def _strata(dialogues, config: ExperimentConfig, judges: dict) -> tuple[list[str | None], str]:
+    """Each prompt's stratum ("toxic" / "non-toxic") and the rule that assigned it."""
+    if config.data.toxic_column:
+        return ([("toxic" if d.toxic else "non-toxic") for d in dialogues],
+                f"a prompt is toxic when its data column '{config.data.toxic_column}' is true "
+                "(the tiny world marks the dialogues in which a speaker is abusive)")
+    if not judges:
+        return [None] * len(dialogues), "no strata: the data has no toxic column and no judge ran"
+    name = sorted(judges)[0]
+    threshold = config.evaluate.prompt_toxicity_threshold
+    values = judges[name]([d.dialogue for d in dialogues])
+    return ([("toxic" if v >= threshold else "non-toxic") for v in values],
+            f"a prompt is toxic when the judge {name} scores its dialogue >= {threshold}")
 
 
 if __name__ == "__main__":

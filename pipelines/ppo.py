@@ -5,52 +5,65 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from rlhf.artifacts import atomic_dir, atomic_write_text
-from rlhf.config import ExperimentConfig
-from rlhf.data import format_prompt, load_splits
+from rlhf.checkpoints import clean_stray
+from rlhf.config import ExperimentConfig, to_dict
+from rlhf.data import format_prompt, group_dialogues, load_splits
 from rlhf.models import load_tokenizer
+from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.ppo.evaluation import before_after
 from rlhf.ppo.model import build_policy
-from rlhf.ppo.trainer import PPOTrainer, latest_checkpoint
+from rlhf.ppo.trainer import PPOTrainer
+from rlhf.progress import Progress
 from rlhf.reward import load_scorer
-from rlhf.rundir import require_stage, start_stage
-from rlhf.runtime import PeakRss, rss_mib
+from rlhf.rundir import keep_or_discard, require_stage, stage_dir, start_stage
+from rlhf.runtime import PeakRss, precision_note, rss_mib, use_cpu
 from rlhf.tinyworld.build import resolve_tinyworld
 
 SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/clipfrac")
 
 
-def main(config: ExperimentConfig, resume: bool = False) -> dict:
+def main(config: ExperimentConfig, resume: bool = False, force: bool = False) -> dict:
+    """``resume``: continue from the newest good checkpoint (settings checked against it);
+    ``force``: discard an earlier run's checkpoints, which a plain re-run refuses to do."""
+    from accelerate import PartialState
+
     config = resolve_tinyworld(config)
     before_models_mib = rss_mib()  # for checking `rlhf estimate` against the peak (benchmarks/RESULTS.md)
     cfg = config.ppo
     sft_dir = require_stage(config, "sft", "ppo") if cfg.start_from != "base" else None
     reward_dir = require_stage(config, "reward", "ppo")
+    main_process = PartialState(cpu=use_cpu()).is_main_process
+    say = print if main_process else (lambda *_: None)
+    ckpt_dir = stage_dir(config, "ppo") / "checkpoints"
+    if not resume:  # before anything is written: an earlier run's checkpoints go only with --force
+        keep_or_discard("ppo", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
+    if main_process:  # what a killed write left, and folders that are not checkpoints
+        clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
     stage = start_stage(config, "ppo")
     splits = load_splits(config.data, config.seed)
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
     prompts = [format_prompt(d, config.data.template) for d in splits["train"]["dialogue"]]
+    n_truncated = _report_truncation(tokenizer, prompts, config.model.max_input_length, say)
     trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed,
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
-                         log_dir=stage.dir / "trackers")
-    ckpt_dir, log_path = stage.dir / "checkpoints", stage.dir / "metrics.jsonl"
-    last = latest_checkpoint(ckpt_dir) if resume else None
-    if last is not None:
-        trainer.load_checkpoint(last)
-        print(f"ppo: resumed from {last}")
-    _truncate_log(log_path, trainer.step_count)
-    test = splits["test"]
-    if cfg.eval_n_dialogues:
-        test = test.select(range(min(cfg.eval_n_dialogues, len(test))))
-    main_process = trainer.accelerator.is_main_process
-    bar = tqdm(range(trainer.step_count, cfg.steps), desc="ppo", disable=not main_process)
+                         log_dir=stage.dir / "trackers", config_record=to_dict(config),
+                         mixed_precision=config.model.mixed_precision)
+    log_path = stage.dir / "metrics.jsonl"
+    if resume:
+        _resume(trainer, ckpt_dir, config, say)
+    if main_process:
+        _truncate_log(log_path, trainer.step_count)
+    test = group_dialogues(splits["test"], config.data)[:cfg.eval_n_dialogues]
+    progress = Progress("ppo", cfg.steps, start=trainer.step_count, enabled=main_process)
     with PeakRss() as mem:
-        _train(trainer, bar, cfg, config, test, stage.dir, ckpt_dir, log_path)
+        _train(trainer, progress, cfg, config, test, stage.dir, ckpt_dir, log_path)
+    progress.close()
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     if not main_process:
@@ -61,7 +74,9 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
     metrics = {**result["summary"], "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
-               "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1)}
+               "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1),
+               "train_prompts_truncated": n_truncated,
+               "precision": precision_note(config.model.dtype, config.model.mixed_precision)}
     stage.write_metrics(metrics)
     atomic_write_text(stage.dir / "before_after.json", json.dumps(result["rows"], indent=1))
     stage.finish()
@@ -70,12 +85,12 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
     return metrics
 
 
-def _train(trainer, bar, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path) -> None:
+def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path) -> None:
     """The PPO steps: log each, checkpoint every ``save_steps``, write samples every ``sample_steps``."""
     main_process = trainer.accelerator.is_main_process
-    for _ in bar:
+    for _ in range(trainer.step_count, cfg.steps):
         stats = trainer.step()
-        bar.set_postfix({k.split("/")[-1]: f"{stats[k]:.3f}" for k in SHOWN})
+        progress.update(1, **{k.split("/")[-1]: stats[k] for k in SHOWN})
         trainer.log(stats)
         if main_process:
             with log_path.open("a") as f:
@@ -83,14 +98,39 @@ def _train(trainer, bar, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log
         if trainer.step_count % cfg.save_steps == 0 or trainer.step_count == cfg.steps:
             trainer.save_checkpoint(ckpt_dir / f"step-{trainer.step_count}")
         if trainer.step_count % cfg.sample_steps == 0 and main_process:
-            _write_samples(trainer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
+            with torch.random.fork_rng():  # sampling reseeds; training's RNG stream stays as a resume restores it
+                _write_samples(trainer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
+
+
+def _resume(trainer, ckpt_dir: Path, config: ExperimentConfig, say) -> None:
+    """Continue from the newest good checkpoint; report what was skipped and applied."""
+    ckpt = find_resumable(ckpt_dir, trainer.trainable_shapes(), to_dict(config), log=say)
+    if ckpt is not None:
+        trainer.apply_checkpoint(ckpt)
+        say(f"ppo: resumed from {ckpt.folder} (step {ckpt.step} of {config.ppo.steps})")
+
+
+def _report_truncation(tokenizer, prompts: list[str], max_length: int, say) -> int:
+    """How many training prompts are longer than ``model.max_input_length`` (PPO cuts them); said once."""
+    n = sum(len(ids) > max_length for ids in tokenizer(prompts, add_special_tokens=True).input_ids)
+    if n:
+        say(f"ppo: {n} of {len(prompts)} training prompts are longer than model.max_input_length={max_length} "
+            f"tokens and are cut to it")
+    return n
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop logged steps past ``step`` (a resumed run logs them again)."""
+    """Drop logged steps past ``step`` (a resumed run logs them again) and a line cut by a kill."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -111,7 +151,7 @@ def _save_policy(policy, tokenizer, folder: Path) -> None:
 
 
 def _write_samples(trainer, test, config, path: Path, n: int = 6) -> None:
-    result = before_after(trainer.policy, trainer.tokenizer, trainer.scorer, test.select(range(min(n, len(test)))), config)
+    result = before_after(trainer.policy, trainer.tokenizer, trainer.scorer, test[:n], config)
     lines = [f"# Samples after step {trainer.step_count}\n"]
     for r in result["rows"]:
         lines.append(f"**Prompt:** {r['dialogue'][:300]}\n\n- before ({r['toxicity_before']:.3f}): {r['before']}\n"

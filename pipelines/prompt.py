@@ -6,14 +6,14 @@ import dataclasses
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_json, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig
-from rlhf.data import build_prompts, load_splits
+from rlhf.data import build_prompts, group_dialogues, load_splits
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import load_seq2seq, load_tokenizer
 from rlhf.rundir import start_stage
 from rlhf.tinyworld.build import resolve_tinyworld
 
-TABLE_COLUMNS = ["mode", "setting", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_words",
+TABLE_COLUMNS = ["mode", "asked", "n_prompts", "setting", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_words",
                  "gen_seconds", "tokens_per_s"]
 
 
@@ -27,8 +27,8 @@ def main(config: ExperimentConfig) -> dict:
     stage = start_stage(config, "prompt")
     splits = load_splits(config.data, config.seed)
     tokenizer, model = load_tokenizer(config.model), load_seq2seq(config.model)
-    test = splits["test"].select(range(min(cfg.n_dialogues, len(splits["test"]))))
-    dialogues, references = test["dialogue"], test["summary"]
+    test = group_dialogues(splits["test"], config.data)[:cfg.n_dialogues]
+    dialogues, references = [d.dialogue for d in test], [d.references for d in test]
 
     rows, samples, prompt_stats = [], [], {}
     for shots in cfg.shots:
@@ -39,13 +39,11 @@ def main(config: ExperimentConfig) -> dict:
             gens = generate(model, tokenizer, prompts, setting, max_new_tokens=cfg.max_new_tokens,
                             batch_size=cfg.batch_size, max_input_length=config.model.max_input_length,
                             seed=config.seed, desc=f"{mode_name(shots)} / {setting.name}")
-            rows.append({"mode": mode_name(shots), "setting": setting.name, **rouge(gens.texts, references),
-                         "mean_words": mean_words(gens.texts), "gen_seconds": round(gens.seconds, 3),
-                         "tokens_per_s": round(gens.new_tokens / max(gens.seconds, 1e-9), 1)})
-            samples += [{"index": i, "mode": mode_name(shots), "setting": setting.name, "output": text}
-                        for i, text in enumerate(gens.texts[: cfg.n_examples_shown])]
+            rows += _rows_by_shots_held(shots, stats.shots_used, setting.name, gens, references)
+            samples += [{"index": i, "mode": mode_name(stats.shots_used[i]), "asked": mode_name(shots),
+                         "setting": setting.name, "output": text} for i, text in enumerate(gens.texts[: cfg.n_examples_shown])]
 
-    best = max(rows, key=lambda r: r["rougeL"])
+    best = max([r for r in rows if r["mode"] == r["asked"]] or rows, key=lambda r: r["rougeL"])
     metrics = {"n_dialogues": len(dialogues), "rows": rows, "best": best, "prompt_stats": prompt_stats}
     atomic_write_csv(stage.dir / "results.csv", rows)
     atomic_write_text(stage.dir / "results.md", _results_md(rows, best, prompt_stats, len(dialogues)))
@@ -57,21 +55,39 @@ def main(config: ExperimentConfig) -> dict:
     return metrics
 
 
+def _rows_by_shots_held(asked: int, held: list[int], setting: str, gens, references) -> list[dict]:
+    """One row per number of in-context examples the prompts really hold. Prompts that could not
+    hold ``asked`` examples within the input length get their own row, labelled with what they
+    hold and what was asked, never merged into the asked-for row."""
+    rows = []
+    for shots in sorted(set(held), reverse=True):
+        idx = [i for i, h in enumerate(held) if h == shots]
+        texts = [gens.texts[i] for i in idx]
+        rows.append({"mode": mode_name(shots), "asked": mode_name(asked), "n_prompts": len(idx), "setting": setting,
+                     **rouge(texts, [references[i] for i in idx]), "mean_words": mean_words(texts),
+                     "gen_seconds": round(gens.seconds, 3),
+                     "tokens_per_s": round(gens.new_tokens / max(gens.seconds, 1e-9), 1)})
+    return rows
+
+
 def _results_md(rows: list[dict], best: dict, prompt_stats: dict, n: int) -> str:
     over = "\n".join(f"- {mode}: {s['prompts_with_dropped_examples']} prompts lost in-context examples "
                      f"({s['examples_dropped']} examples dropped), {s['dialogues_truncated']} dialogues truncated"
                      for mode, s in prompt_stats.items())
     return (f"# Stage 1: prompting and generation settings\n\n{n} test dialogues; ROUGE F-measures vs the "
-            f"reference summaries.\n\n{markdown_table(rows, TABLE_COLUMNS)}\n"
-            f"Best ROUGE-L: {best['rougeL']:.4f} ({best['mode']}, {best['setting']}).\n\n"
+            f"reference summaries. A row holds the prompts with that many in-context examples (`mode`); prompts "
+            f"that could not hold the `asked` number within the input length are in their own rows.\n\n"
+            f"{markdown_table(rows, TABLE_COLUMNS)}\n"
+            f"Best ROUGE-L (rows that hold what was asked): {best['rougeL']:.4f} ({best['mode']}, {best['setting']}).\n\n"
             f"Over-length prompts (rule: drop in-context examples, then truncate the dialogue):\n{over}\n")
 
 
-def _samples_md(samples: list[dict], dialogues: list[str], references: list[str], shown: int) -> str:
+def _samples_md(samples: list[dict], dialogues: list[str], references: list[list[str]], shown: int) -> str:
     parts = ["# Sample generations\n"]
     for i in range(min(shown, len(dialogues))):
-        rows = [{"mode": s["mode"], "setting": s["setting"], "output": s["output"]} for s in samples if s["index"] == i]
-        parts.append(f"## Dialogue {i}\n\n```\n{dialogues[i]}\n```\n\n**Reference:** {references[i]}\n\n"
+        rows = [{"mode": s["mode"], "asked": s["asked"], "setting": s["setting"], "output": s["output"]}
+                for s in samples if s["index"] == i]
+        parts.append(f"## Dialogue {i}\n\n```\n{dialogues[i]}\n```\n\n**Reference:** {' / '.join(references[i])}\n\n"
                      f"{markdown_table(rows)}")
     return "\n".join(parts)
 

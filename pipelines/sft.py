@@ -6,25 +6,33 @@ from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import format_prompt, load_splits
+from rlhf.data import format_prompt, group_dialogues, load_splits
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import count_parameters, load_seq2seq, load_tokenizer
-from rlhf.rundir import start_stage
+from rlhf.rundir import keep_or_discard, stage_dir as stage_folder, start_stage
 from rlhf.runtime import use_cpu
-from rlhf.sft import finished_variant, load_variant, prepare_model, tokenize_split, train_variant
+from rlhf.sft import (check_record, finished_variant, leftovers, load_variant, prepare_model, tokenize_split,
+                      train_variant)
 from rlhf.tinyworld.build import resolve_tinyworld
 
 COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", "mean_words", "trainable_params",
            "total_params", "trainable_pct", "train_seconds", "peak_memory_mb"]
 
 
-def main(config: ExperimentConfig, resume: bool = False) -> dict:
+def main(config: ExperimentConfig, resume: bool = False, force: bool = False) -> dict:
+    """``resume``: continue each variant from its newest usable checkpoint (settings checked);
+    ``force``: discard an earlier run's checkpoints and trained variants, which a plain re-run refuses."""
     config = resolve_tinyworld(config)
     state = PartialState(cpu=use_cpu())
+    say = print if state.is_main_process else (lambda *_: None)
+    stage_dir = stage_folder(config, "sft")
+    if not resume:  # before anything is written: an earlier run's work goes only with --force
+        keep_or_discard("sft", stage_dir / "checkpoints", leftovers(stage_dir), force, log=say,
+                        extra=tuple(stage_dir.glob("*/train_metrics.json")))
+    state.wait_for_everyone()
     stage = start_stage(config, "sft") if state.is_main_process else None
     state.wait_for_everyone()
-    stage_dir = config.run_dir / "sft"
     splits = load_splits(config.data, config.seed)
     tokenizer = load_tokenizer(config.model)
     args = (tokenizer, config.data.template, config.model.max_input_length, config.sft.max_target_length)
@@ -33,7 +41,10 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
     trained = {}
     for variant in config.sft.variants:
         done = finished_variant(stage_dir, variant) if resume else None
-        if done is None:
+        if done is not None:
+            check_record(stage_dir, config, variant, "its trained model", log=say)
+            say(f"sft/{variant.name}: already trained; kept")
+        else:
             model = prepare_model(load_seq2seq(config.model), variant, config)
             done = train_variant(model, tokenizer, train_ds, eval_ds, config, variant, stage_dir, resume).metrics
         trained[variant.name] = done
@@ -43,10 +54,8 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
     if not state.is_main_process:
         return {}
 
-    test = splits["test"]
-    if config.sft.eval_n_dialogues:
-        test = test.select(range(min(config.sft.eval_n_dialogues, len(test))))
-    prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
+    test = group_dialogues(splits["test"], config.data)[:config.sft.eval_n_dialogues]
+    prompts = [format_prompt(d.dialogue, config.data.template) for d in test]
     results, samples = {}, {}
     base = load_seq2seq(config.model)
     for name, model in [("base", base)] + [(v.name, load_variant(config, v, stage_dir)) for v in config.sft.variants]:
@@ -55,7 +64,7 @@ def main(config: ExperimentConfig, resume: bool = False) -> dict:
                         seed=config.seed, desc=f"evaluate {name}")
         info = trained.get(name) or {**count_parameters(base), "trainable_params": 0, "trainable_pct": 0.0,
                                      "train_seconds": 0.0, "peak_memory_mb": None}
-        results[name] = {**rouge(gens.texts, test["summary"]), "mean_words": mean_words(gens.texts), **info}
+        results[name] = {**rouge(gens.texts, [d.references for d in test]), "mean_words": mean_words(gens.texts), **info}
         samples[name] = gens.texts
     for r in results.values():
         r["rougeL_gain"] = r["rougeL"] - results["base"]["rougeL"]
@@ -82,7 +91,7 @@ def _samples_md(test, samples: dict[str, list[str]], shown: int = 8) -> str:
     parts = ["# Sample generations (greedy)\n"]
     for i in range(min(shown, len(test))):
         table = markdown_table([{"model": k, "output": v[i]} for k, v in samples.items()])
-        parts.append(f"## Dialogue {i}\n\n```\n{test[i]['dialogue']}\n```\n\n**Reference:** {test[i]['summary']}\n\n{table}")
+        parts.append(f"## Dialogue {i}\n\n```\n{test[i].dialogue}\n```\n\n**Reference:** {test[i].references[0]}\n\n{table}")
     return "\n".join(parts)
 
 

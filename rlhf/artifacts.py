@@ -36,6 +36,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, rows: Sequence[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def atomic_write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
     buf = io.StringIO()
     if rows:
@@ -69,6 +77,38 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def ensure_dir(path: str | Path, what: str) -> Path:
+    """Create folder ``path`` (and its parents), or fail with one line naming it: a file in the way,
+    no permission, a read-only file system."""
+    from rlhf.errors import UserError
+
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{what} {path}: {blocker} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{what} {path} cannot be created: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable")
+    return path
+
+
+def remove_leftovers(folder: str | Path) -> list[str]:
+    """Delete what a killed :func:`atomic_dir` / :func:`atomic_write_text` left in ``folder``
+    (``.NAME.*.tmp`` and ``.NAME.old``); returns their names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p.name)
+    return removed
 
 
 def read_json(path: str | Path) -> Any:

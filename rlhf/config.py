@@ -1,71 +1,26 @@
 """Experiment configs: typed nested dataclasses loaded strictly from YAML.
 
 One YAML file per experiment: shared sections (``run_name``, ``output_dir``, ``seed``, ``model``,
-``data``, optional ``tinyworld``) plus one section per stage. Loading is strict: an unknown key
-names its section and the closest valid names, a wrong type or impossible value names the key and
-the value. ``key.sub=value`` overrides from the command line go through the same checks.
+``data``, optional ``tinyworld``) plus one section per stage. Loading (``rlhf.configload``) is
+strict: an unknown key names its section and the closest valid names, a wrong type or impossible
+value names the key and the value. ``key.sub=value`` overrides go through the same checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from rlhf.configfields import (each, fraction, home, non_negative, opt, optional, path_name, positive, seed_value,
+                               unit_closed, unit_open_closed)
+from rlhf.configload import _build, _merge, parse_overrides, read_yaml
 from rlhf.errors import UserError
 
-Check = Callable[[Any], Optional[str]]
-
-
-def positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def unit_open_closed(v: Any) -> str | None:
-    return None if 0 < v <= 1 else "must be in (0, 1]"
-
-
-def fraction(v: Any) -> str | None:
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def optional(check: Check) -> Check:
-    return lambda v: None if v is None else check(v)
-
-
-def each(check: Check) -> Check:
-    def run(values: list) -> str | None:
-        for v in values:
-            if (msg := check(v)) is not None:
-                return f"{msg} (item {v!r})"
-        return None
-
-    return run
-
-
-def opt(default: Any = None, check: Check | None = None, doc: str = "") -> Any:
-    """A config field with a default, an optional value check and a one-line description."""
-    meta = {"check": check, "doc": doc}
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: _copy(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _copy(value: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(value)
-
+__all__ = ["parse_overrides", "read_yaml", "seed_value"]
 
 # --------------------------------------------------------------------------------------------
 # Sections
@@ -78,7 +33,14 @@ class ModelConfig:
     tokenizer: Optional[str] = opt(None, doc="defaults to the model's own tokenizer")
     trust_remote_code: bool = opt(False, doc="only set this for a model whose code you trust")
     max_input_length: int = opt(512, positive, "longest encoder input in tokens")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = opt("float32")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = opt(
+        "float32", doc="the weights' dtype; bfloat16/float16 = pure low-precision weights, no fp32 master copy")
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt(
+        "no", doc="autocast compute in bf16/fp16 over fp32 master weights (Trainer / accelerate mixed precision)")
+
+    def __post_init__(self) -> None:
+        self.name = home(self.name)
+        self.tokenizer = home(self.tokenizer)
 
 
 @dataclass
@@ -92,11 +54,17 @@ class DataConfig:
     validation_fraction: float = opt(0.1, fraction, "used when the dataset has no validation split")
     test_fraction: float = opt(0.1, fraction, "used when the dataset has no test split")
     template: Literal["summarize", "what_happened"] = opt("summarize")
+    toxic_column: Optional[str] = opt(None, doc="bool column marking abusive dialogues (the 'toxic prompts' stratum); "
+                                      "null = the judge decides (evaluate.prompt_toxicity_threshold)")
+    key_facts_column: Optional[str] = opt(None, doc="list column of words a faithful summary names (faithfulness)")
+
+    def __post_init__(self) -> None:
+        self.source = home(self.source)
 
 
 @dataclass
 class TinyWorldConfig:
-    seed: int = opt(0)
+    seed: int = opt(0, seed_value)
     cache_dir: Optional[str] = opt(None, doc="default: $RLHF_CACHE or ~/.cache/rlhf")
     n_dialogues: int = opt(2400, positive)
     toxic_fraction: float = opt(0.25, fraction)
@@ -106,9 +74,14 @@ class TinyWorldConfig:
     d_ff: int = opt(256, positive)
     num_layers: int = opt(2, positive, "encoder layers = decoder layers")
     num_heads: int = opt(4, positive)
-    pretrain_steps: int = opt(600, non_negative, "span-corruption steps on the dialogue text")
+    pretrain_steps: int = opt(600, non_negative, "denoising steps on the dialogue text")
     pretrain_batch_size: int = opt(16, positive)
     pretrain_lr: float = opt(3e-3, positive)
+    pretrain_infill_fraction: float = opt(1.0, unit_closed, "share of pre-training examples that rebuild the whole "
+                                          "text (BART infilling); the rest predict only the dropped spans (T5)")
+
+    def __post_init__(self) -> None:
+        self.cache_dir = home(self.cache_dir)
 
 
 @dataclass
@@ -160,9 +133,11 @@ class LoraConfig:
 class SftVariant:
     """One way to fine-tune: full or LoRA is a config difference, never a code fork."""
 
-    name: str = opt("full")
+    name: str = opt("full", path_name, "also the variant's folder name")
     method: Literal["full", "lora"] = opt("full")
     learning_rate: float = opt(5e-4, positive)
+    max_steps: Optional[int] = opt(None, optional(positive), "this variant's training length; default sft.max_steps "
+                                   "/ sft.epochs")
 
 
 @dataclass
@@ -198,11 +173,15 @@ class RewardDataConfig:
     source: Optional[str] = opt(None, doc="hub dataset or local file/folder with text and label columns")
     text_column: str = opt("text")
     label_column: str = opt("label")
-    toxic_value: str = opt("1", doc="label value meaning toxic (compared as text)")
-    non_toxic_value: str = opt("0", doc="label value meaning non-toxic (compared as text)")
+    toxic_value: Union[str, list[str]] = opt("1", doc="label value(s) meaning toxic (compared as text), e.g. "
+                                             "['0', '1'] for Davidson's hate and offensive classes")
+    non_toxic_value: Union[str, list[str]] = opt("0", doc="label value(s) meaning non-toxic (compared as text)")
     validation_fraction: float = opt(0.1, fraction)
     test_fraction: float = opt(0.2, fraction, "used when the data has no test split")
     max_samples: Optional[int] = opt(None, optional(positive))
+
+    def __post_init__(self) -> None:
+        self.source = home(self.source)
 
 
 @dataclass
@@ -215,7 +194,9 @@ class RewardConfig:
     from_scratch: bool = opt(False, doc="initialise from the model's config instead of its weights")
     trust_remote_code: bool = opt(False)
     data: RewardDataConfig = opt(RewardDataConfig())
-    output: Literal["logit", "probability"] = opt("logit", doc="reward = non-toxic logit (the lab's) or probability")
+    output: Literal["logit", "probability", "log_probability"] = opt(
+        "log_probability", doc="reward = the classifier's non-toxic log-probability (<= 0: stops paying once text is "
+        "clean), probability (in [0, 1]), or logit (the reference lab's; unbounded: pays for drifting further)")
     score_with_prompt: bool = opt(False, doc="score prompt + response instead of the response alone")
     learning_rate: float = opt(5e-5, positive)
     epochs: float = opt(3.0, positive)
@@ -227,6 +208,10 @@ class RewardConfig:
     max_length: int = opt(128, positive)
     balance: Literal["class_weights", "none"] = opt("class_weights", doc="handling of imbalanced labels")
     n_wrong_shown: int = opt(10, non_negative)
+
+    def __post_init__(self) -> None:
+        self.pretrained = home(self.pretrained)
+        self.model = home(self.model)
 
 
 @dataclass
@@ -280,24 +265,39 @@ class PpoConfig:
 
 
 @dataclass
+class QualityBounds:
+    """How far a quality figure may move before the verdict says quality was lost (or, next to a
+    judge that saw no reduction, that the policy likely hacked the reward)."""
+
+    rouge_ratio: float = opt(0.95, unit_open_closed, "ROUGE-L after >= this x before")
+    faithfulness_ratio: float = opt(0.95, unit_open_closed, "faithfulness after >= this x before")
+    distinct2_rel: float = opt(0.10, positive, "|distinct-2 after / before - 1| <= this")
+    perplexity_ratio: float = opt(1.3, positive, "perplexity after <= this x before")
+    repeat_share_abs: float = opt(0.02, non_negative, "repeated-n-gram share may rise by at most this")
+
+
+@dataclass
 class EvaluateConfig:
     n_dialogues: Optional[int] = opt(None, optional(positive), "held-out dialogues; null = the whole test split")
-    n_samples: int = opt(2, non_negative, "sampled responses per prompt (besides greedy); 0 = greedy only")
+    n_samples: int = opt(25, non_negative, "k sampled responses per prompt besides greedy (RealToxicityPrompts: 25)")
     temperature: float = opt(1.0, positive)
-    top_p: float = opt(1.0, unit_open_closed)
+    top_p: float = opt(0.9, unit_open_closed, "nucleus sampling, as RealToxicityPrompts and DExperts")
     max_new_tokens: Optional[int] = opt(None, optional(positive), "default: sft.max_new_tokens")
-    batch_size: int = opt(64, positive)
+    batch_size: int = opt(64, positive, "responses per generation call")
     threshold: float = opt(0.5, unit_open_closed, "a response counts as toxic at or above this probability")
     judges: list[Literal["profanity_check"]] = opt(["profanity_check"], doc="independent toxicity judges")
+    prompt_toxicity_threshold: float = opt(0.5, unit_open_closed, "without data.toxic_column: a prompt is toxic "
+                                           "when the first judge scores its dialogue at or above this")
     bootstrap_resamples: int = opt(2000, positive)
-    n_examples: int = opt(20, non_negative, "largest improvements / regressions listed")
+    n_examples: int = opt(20, non_negative, "rows per example table")
+    bounds: QualityBounds = opt(QualityBounds())
 
 
 @dataclass
 class ExperimentConfig:
-    run_name: Optional[str] = opt(None, doc="defaults to the config file's stem")
-    output_dir: str = opt("runs")
-    seed: int = opt(42)
+    run_name: Optional[str] = opt(None, optional(path_name), "defaults to the config file's stem; a folder name")
+    output_dir: str = opt("runs", doc="'~' is expanded")
+    seed: int = opt(42, seed_value)
     model: ModelConfig = opt(ModelConfig())
     data: DataConfig = opt(DataConfig())
     tinyworld: Optional[TinyWorldConfig] = opt(None, doc="present = build and use the offline tiny world")
@@ -307,121 +307,14 @@ class ExperimentConfig:
     ppo: PpoConfig = opt(PpoConfig())
     evaluate: EvaluateConfig = opt(EvaluateConfig())
 
+    def __post_init__(self) -> None:
+        if not self.output_dir.strip() or not self.output_dir.isprintable():
+            raise UserError(f"config key 'output_dir': value {self.output_dir!r} is not a usable folder path")
+        self.output_dir = str(Path(self.output_dir).expanduser())
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / (self.run_name or "run")
-
-
-# --------------------------------------------------------------------------------------------
-# Strict loading
-# --------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"config key '{key}': value {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}': expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    if not isinstance(value, tp):
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _build(cls: type, raw: Any, section: str) -> Any:
-    where = f"section '{section}'" if section else "the top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"config {where}: expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UserError(f"unknown config key '{key}' in {where}{hint} (valid: {', '.join(fields)})")
-        full = f"{section}.{key}" if section else str(key)
-        kwargs[key] = _coerce(hints[key], value, full)
-        check = fields[key].metadata.get("check")
-        if check is not None and kwargs[key] is not None and (msg := check(kwargs[key])):
-            raise UserError(f"config key '{full}': value {kwargs[key]!r} {msg}")
-    return cls(**kwargs)
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """Turn ``["a.b=3", "c=x"]`` into a nested dict, values parsed as YAML scalars."""
-    nested: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not of the form key.sub=value")
-        dotted, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        node = nested
-        parts = dotted.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"override {item!r} conflicts with another override of '{part}'")
-        node[parts[-1]] = value
-    return nested
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"config file {path}: expected a mapping at the top level")
-    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

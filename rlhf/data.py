@@ -42,6 +42,24 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
     return builders.pop(), by_split
 
 
+def _check_text_file(path: Path, source: str) -> None:
+    """An empty file, or a json/jsonl/csv line that is not UTF-8, named with its line number
+    (``datasets`` would say StopIteration, or log the row only on a library log line)."""
+    if path.suffix == ".parquet":
+        return
+    blank = True
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"data source {source}: file {path} line {number} is not valid UTF-8 "
+                                f"(byte {line[err.start]:#04x} at column {err.start + 1})") from None
+            blank = blank and not line.strip()
+    if blank:
+        raise UserError(f"data source {source}: file {path} is empty")
+
+
 def load_raw(source: str):
     """Load ``source`` as a ``datasets.DatasetDict``; bad sources raise :class:`UserError`."""
     import datasets
@@ -50,7 +68,12 @@ def load_raw(source: str):
     try:
         if path.exists():
             builder, data_files = _local_data_files(path)
-            return datasets.load_dataset(builder, data_files=data_files)
+            for files in data_files.values():
+                for f in files:
+                    _check_text_file(Path(f), source)
+            # one split at a time: DialogSum's own test file has other columns (summary1..3) than train
+            return datasets.DatasetDict({split: datasets.load_dataset(builder, data_files={split: files})[split]
+                                         for split, files in data_files.items()})
         if source.startswith((".", "/", "~")) or Path(source).suffix in EXTENSIONS:
             raise UserError(f"data source not found: {source}")
         return datasets.load_dataset(source)
@@ -60,6 +83,22 @@ def load_raw(source: str):
         from rlhf.models import first_line
 
         raise UserError(f"could not read data source {source}: {first_line(err)}") from None
+
+
+def numbered_columns(columns: list[str], name: str) -> list[str]:
+    """``summary1, summary2, ...`` when ``name`` = "summary" (DialogSum's test file keeps a dialogue's
+    three references in one row), in number order."""
+    found = [c for c in columns if c.startswith(name) and c[len(name):].isdigit()]
+    return sorted(found, key=lambda c: int(c[len(name):]))
+
+
+def _with_references(ds, cfg: DataConfig):
+    """One-row-per-dialogue files with ``summary1..N``: ``summary`` = the first, ``references`` = all."""
+    numbered = numbered_columns(ds.column_names, cfg.summary_column)
+    if cfg.summary_column in ds.column_names or not numbered:
+        return ds
+    return ds.map(lambda ex: {cfg.summary_column: ex[numbered[0]],
+                              "references": [ex[c] for c in numbered if isinstance(ex[c], str)]})
 
 
 def _check_columns(ds, cfg: DataConfig, split: str) -> None:
@@ -76,6 +115,7 @@ def load_splits(cfg: DataConfig, seed: int):
     import datasets
 
     raw = load_raw(cfg.source)
+    raw = datasets.DatasetDict({split: _with_references(ds, cfg) for split, ds in raw.items()})
     for split, ds in raw.items():
         _check_columns(ds, cfg, split)
     raw = datasets.DatasetDict({
@@ -121,6 +161,52 @@ def _ensure_splits(raw, cfg: DataConfig, seed: int):
     return datasets.DatasetDict({s: splits[s] for s in SPLITS})
 
 
+@dataclass
+class EvalDialogue:
+    """One held-out dialogue with every reference summary it has and, where the data carry them,
+    its abuse flag and key facts."""
+
+    id: str
+    dialogue: str
+    references: list[str]
+    toxic: bool | None = None
+    key_facts: list[str] | None = None
+
+
+def group_dialogues(rows, cfg: DataConfig) -> list[EvalDialogue]:
+    """Rows sharing a dialogue become one :class:`EvalDialogue` holding all their references, in
+    order of first appearance (the Hub's DialogSum test split has each dialogue three times)."""
+    groups: dict[str, EvalDialogue] = {}
+    for i, row in enumerate(rows):
+        refs = row.get("references") or [row["summary"]]
+        d = groups.get(row["dialogue"])
+        if d is None:
+            toxic = row.get(cfg.toxic_column) if cfg.toxic_column else None
+            if toxic is not None and not isinstance(toxic, bool):
+                raise UserError(f"data source {cfg.source}: column '{cfg.toxic_column}' has a non-boolean value "
+                                f"{toxic!r} (row {i})")
+            facts = row.get(cfg.key_facts_column) if cfg.key_facts_column else None
+            if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
+                raise UserError(f"data source {cfg.source}: column '{cfg.key_facts_column}' is not a list of "
+                                f"strings (row {i}: {facts!r})")
+            groups[row["dialogue"]] = EvalDialogue(str(row.get("id", row.get("fname", i))), row["dialogue"],
+                                                   list(refs), toxic, facts)
+        else:
+            d.references += list(refs)  # one per row, as the one-row summary1..3 layout has them
+    return list(groups.values())
+
+
+def load_eval_dialogues(cfg: DataConfig, seed: int, n: int | None = None, split: str = "test") -> list[EvalDialogue]:
+    """The first ``n`` distinct dialogues of ``split`` (all when ``n`` is None), references grouped."""
+    ds = load_splits(cfg, seed)[split]
+    for col in (cfg.toxic_column, cfg.key_facts_column):
+        if col is not None and col not in ds.column_names:
+            raise UserError(f"data source {cfg.source}: split '{split}' has no column '{col}' "
+                            f"(columns: {', '.join(ds.column_names)}); set data.toxic_column / data.key_facts_column")
+    dialogues = group_dialogues(ds, cfg)
+    return dialogues[:n] if n else dialogues
+
+
 # --------------------------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------------------------
@@ -161,8 +247,8 @@ def build_prompt(dialogue: str, examples: list[tuple[str, str]], template: str, 
     prompt is still too long, truncate the dialogue from the end. Both are counted in ``stats``.
     """
 
-    def n_tokens(text: str) -> int:
-        return len(tokenizer(text).input_ids)
+    def n_tokens(text: str) -> int:  # counting only: over-length texts are the point, no warning
+        return len(tokenizer(text, verbose=False).input_ids)
 
     shots = [format_shot(d, s, template) for d, s in examples]
     dropped = 0

@@ -1,12 +1,18 @@
 """Compute estimator: parameters, memory and FLOPs per stage, from the model config alone.
 
-The model is built on the meta device (no weights, no memory). Memory terms, in bytes:
-weights P*b; gradients P_train*b; AdamW states 8*P_train (fp32 moments), plus 4*P_train fp32 master
-weights in bf16 training; activations from Korthikanti et al. 2022 ("Reducing activation
-recomputation", eq. 1: s*b*h*(34 + 5*a*s/h) bytes per layer at 2-byte precision), with decoder
-layers counted 1.5x for cross-attention, plus the logits. FLOPs: 2 per parameter per token for a
-forward pass (Kaplan et al. 2020), attention scores added; a backward pass costs 2x the forward with
-full fine-tuning and about 1x with LoRA (input gradients only; the frozen weights get none).
+The model is built on the meta device (no weights, no memory). Memory terms, in bytes, for the
+three ways a stage can hold its numbers (P = all parameters, T = trainable ones):
+
+- ``fp32``: weights 4P, gradients 4T, AdamW moments 8T, fp32 activations.
+- ``bf16_mixed`` (``model.mixed_precision: bf16``, what the lab config runs): fp32 master weights
+  4P plus autocast's bf16 copies 2P, fp32 gradients 4T, fp32 moments 8T, bf16 activations.
+- ``bf16_pure`` (``model.dtype: bfloat16``): weights 2P, gradients 2T, bf16 moments 4T.
+
+Activations from Korthikanti et al. 2022 ("Reducing activation recomputation", eq. 1:
+s*b*h*(34 + 5*a*s/h) bytes per layer at 2-byte precision), with decoder layers counted 1.5x for
+cross-attention, plus the logits. FLOPs: 2 per parameter per token for a forward pass (Kaplan et
+al. 2020), attention scores added; a backward pass costs 2x the forward with full fine-tuning and
+about 1x with LoRA (input gradients only; the frozen weights get none).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import torch
 
 from rlhf.config import ExperimentConfig
 
-BYTES = {"fp32": 4, "bf16": 2}
+PRECISIONS = ("fp32", "bf16_mixed", "bf16_pure")
+ACTIVATION_BYTES = {"fp32": 4, "bf16_mixed": 2, "bf16_pure": 2}
 GIB = 2**30
 
 
@@ -63,7 +70,7 @@ def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str) -> fl
     def per_layer(seq: int) -> float:
         return seq * batch * s.d_model * (34 + 5 * s.n_heads * seq / s.d_model)
 
-    scale = BYTES[dtype] / 2
+    scale = ACTIVATION_BYTES[dtype] / 2
     layers = s.enc_layers * per_layer(src) + 1.5 * s.dec_layers * per_layer(tgt)
     logits = 2 * batch * tgt * s.vocab * 4
     return layers * scale + logits
@@ -81,11 +88,20 @@ def forward_flops(s: Shape, batch: int, src: int, tgt: int) -> float:
     return encoder_flops(s, batch, src) + decoder + head
 
 
-def memory(total: int, trainable: int, dtype: str, act: float) -> dict[str, float]:
-    b = BYTES[dtype]
-    optim = 8 * trainable + (4 * trainable if dtype == "bf16" else 0)
-    parts = {"weights": total * b, "gradients": trainable * b, "optimizer": optim, "activations": act}
+def memory(total: int, trainable: int, precision: str, act: float) -> dict[str, float]:
+    """GiB of weights, gradients, optimizer states and activations (``act`` bytes) in ``precision``."""
+    weights = {"fp32": 4 * total, "bf16_mixed": 6 * total, "bf16_pure": 2 * total}[precision]
+    grad_bytes, moment_bytes = (2, 4) if precision == "bf16_pure" else (4, 8)
+    parts = {"weights": weights, "gradients": trainable * grad_bytes, "optimizer": trainable * moment_bytes,
+             "activations": act}
     return {k: v / GIB for k, v in parts.items()} | {"total": sum(parts.values()) / GIB}
+
+
+def configured_precision(config: ExperimentConfig) -> str:
+    """The column of :func:`memory` that ``config`` runs."""
+    if config.model.dtype in ("bfloat16", "float16"):
+        return "bf16_pure"
+    return "bf16_mixed" if config.model.mixed_precision != "no" else "fp32"
 
 
 def reward_model_params(config: ExperimentConfig) -> int | None:
@@ -103,17 +119,18 @@ def reward_model_params(config: ExperimentConfig) -> int | None:
 
 
 def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict:
-    """Per-stage parameters and memory (fp32 and bf16), and FLOPs per PPO step."""
+    """Per-stage parameters and memory (each of :data:`PRECISIONS`), and FLOPs per PPO step."""
     s, model = model_shape(config.model.name, config.model.trust_remote_code)
     reward_params = reward_model_params(config)
     src = prompt_tokens or config.model.max_input_length
-    out: dict = {"model": config.model.name, "total_params": s.total, "prompt_tokens": src, "stages": {}}
+    out: dict = {"model": config.model.name, "total_params": s.total, "prompt_tokens": src, "stages": {},
+                 "configured": configured_precision(config)}
     sft_tgt, sft_b = config.sft.max_target_length, config.sft.batch_size
     lora_sft = lora_params(model, config.sft.lora)
     lora_ppo = lora_params(model, config.ppo.lora)
     for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
         out["stages"][name] = {"trainable_params": trainable, **{
-            dtype: memory(s.total, trainable, dtype, activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in BYTES}}
+            dtype: memory(s.total, trainable, dtype, activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in PRECISIONS}}
     p = config.ppo
     head = s.d_model + 1
     ppo_trainable = (lora_ppo if p.policy == "lora" else s.total) + head
@@ -121,7 +138,7 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
     out["stages"]["ppo"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
                             else "frozen copy", "reward_params": reward_params, **{
         dtype: memory(s.total + extra, ppo_trainable, dtype,
-                      activation_bytes(s, p.mini_batch_size, src, p.max_new_tokens, dtype)) for dtype in BYTES}}
+                      activation_bytes(s, p.mini_batch_size, src, p.max_new_tokens, dtype)) for dtype in PRECISIONS}}
     out["ppo_step_flops"] = ppo_step_flops(s, p, src)
     return out
 
@@ -142,9 +159,10 @@ def format_estimate(est: dict) -> str:
     lines = [f"model {est['model']}: {est['total_params']:,} parameters"]
     for name, st in est["stages"].items():
         lines.append(f"\n{name}: {st['trainable_params']:,} trainable")
-        for dtype in BYTES:
+        for dtype in PRECISIONS:
             m = st[dtype]
-            lines.append(f"  {dtype}: weights {m['weights']:.3f} GiB, gradients {m['gradients']:.3f}, optimizer "
+            mark = " (configured)" if dtype == est["configured"] else ""
+            lines.append(f"  {dtype}{mark}: weights {m['weights']:.3f} GiB, gradients {m['gradients']:.3f}, optimizer "
                          f"{m['optimizer']:.3f}, activations {m['activations']:.3f}, total {m['total']:.3f} GiB")
     f = est["ppo_step_flops"]
     lines.append(f"\nPPO step: {f['total'] / 1e12:.3f} TFLOP (generate {f['generate'] / 1e12:.3f}, no-grad forwards "

@@ -1,9 +1,9 @@
-"""Before/after statistics: toxicity summaries, paired differences with bootstrap intervals, KL."""
+"""Model-side measures for the before/after evaluation: response logprobs under a seq2seq LM, the
+KL between the two policies, and the NLL behind the fluency figure. All in fp32."""
 
 from __future__ import annotations
 
-import random
-from statistics import mean, median, pstdev
+from statistics import mean
 
 import torch
 
@@ -11,47 +11,61 @@ from rlhf.ppo.core import logprobs_from_logits
 from rlhf.ppo.rollout import decoder_inputs, encode_queries, response_mask_from
 
 
-def summary(values: list[float], threshold: float) -> dict[str, float]:
-    """Mean, std, median and share at or above ``threshold`` of toxicity scores."""
-    return {"mean": mean(values), "std": pstdev(values), "median": median(values),
-            "share_toxic": mean(v >= threshold for v in values)}
-
-
-def bootstrap_ci(diffs: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) for the mean of ``diffs``."""
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    lo = means[int((1 - level) / 2 * resamples)]
-    hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
-    return lo, hi
-
-
-def paired_change(before: list[float], after: list[float], resamples: int, seed: int) -> dict:
-    """after - before per prompt (negative = less toxic), its bootstrap 95% CI, and the
-    percentage improvement of the mean and of the std (positive = better), as the lab printed."""
-    diffs = [a - b for a, b in zip(after, before)]
-    lo, hi = bootstrap_ci(diffs, resamples, seed)
-    mb, ma, sb, sa = mean(before), mean(after), pstdev(before), pstdev(after)
-    return {"mean_change": mean(diffs), "change_ci95": [lo, hi],
-            "improvement_pct": 100.0 * (mb - ma) / mb if mb else 0.0,
-            "std_improvement_pct": 100.0 * (sb - sa) / sb if sb else 0.0}
-
-
 @torch.no_grad()
 def response_logprobs(lm, tokenizer, prompts: list[str], responses: list[str], max_input: int,
                       batch_size: int) -> list[torch.Tensor]:
-    """Per-token logprobs of each response (tokenised, EOS included) under ``lm`` given its prompt."""
+    """Per-token logprobs (fp32, on the CPU) of each response, tokenised with its EOS, under ``lm``
+    given its prompt. Inputs go to ``lm``'s device."""
     start = lm.config.decoder_start_token_id
+    device = next(lm.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        q = encode_queries(tokenizer, prompts[i:i + batch_size], max_input)
+        q = encode_queries(tokenizer, prompts[i:i + batch_size], max_input, device)
         r = tokenizer(responses[i:i + batch_size], return_tensors="pt", padding=True, padding_side="right").input_ids
         mask = response_mask_from(r, tokenizer.eos_token_id)
-        logits = lm(input_ids=q.input_ids, attention_mask=q.attention_mask, decoder_input_ids=decoder_inputs(r, start),
-                    use_cache=False).logits
-        lp = logprobs_from_logits(logits, r)
+        r = r.to(device)
+        logits = lm(input_ids=q.input_ids, attention_mask=q.attention_mask,
+                    decoder_input_ids=decoder_inputs(r, start), use_cache=False).logits
+        lp = logprobs_from_logits(logits.float(), r).cpu()
         out += [row[m] for row, m in zip(lp, mask)]
+    return out
+
+
+@torch.no_grad()
+def response_nll(lm, tokenizer, prompts: list[str], responses: list[list[str]], max_input: int,
+                 batch_size: int) -> list[list[tuple[float, int]]]:
+    """[n prompts][m responses] -> (sum of token NLL, tokens) of each response under ``lm`` given
+    its prompt: the input of :func:`rlhf.protocol.perplexity`. Tokens include the EOS. The encoder
+    runs once per prompt; its states serve all of the prompt's responses. ``batch_size`` counts
+    responses."""
+    from rlhf.ppo.model import as_encoder_outputs
+
+    device = next(lm.parameters()).device
+    start = lm.config.decoder_start_token_id
+    m = max((len(r) for r in responses), default=1) or 1
+    per_batch = max(1, batch_size // m)
+    out: list[list[tuple[float, int]]] = []
+    for i in range(0, len(prompts), per_batch):
+        q = encode_queries(tokenizer, prompts[i:i + per_batch], max_input, device)
+        mask_in = q.attention_mask
+        states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=mask_in).last_hidden_state
+        rows = responses[i:i + per_batch]
+        owner = torch.tensor([j for j, row in enumerate(rows) for _ in row], device=device)
+        flat = [t for row in rows for t in row]
+        if not flat:
+            out += [[] for _ in rows]
+            continue
+        r = tokenizer(flat, return_tensors="pt", padding=True, padding_side="right").input_ids
+        mask = response_mask_from(r, tokenizer.eos_token_id)
+        r = r.to(device)
+        logits = lm(attention_mask=mask_in[owner], encoder_outputs=as_encoder_outputs(states[owner]),
+                    decoder_input_ids=decoder_inputs(r, start), use_cache=False).logits
+        lp = logprobs_from_logits(logits.float(), r).cpu()
+        nll = [(float(-row[mk].sum()), int(mk.sum())) for row, mk in zip(lp, mask)]
+        pos = 0
+        for row in rows:
+            out.append(nll[pos:pos + len(row)])
+            pos += len(row)
     return out
 
 

@@ -6,16 +6,17 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf.config import GenerationSetting
+from rlhf.progress import Progress
 
 
 @dataclass
 class Generations:
-    texts: list[str]
+    texts: list[str]        # one per prompt (the first of its ``k`` when k > 1)
     seconds: float
     new_tokens: int
+    samples: list[list[str]] | None = None  # [n prompts][k] when ``num_return_sequences`` = k > 1
 
 
 def generation_kwargs(setting: GenerationSetting, max_new_tokens: int) -> dict:
@@ -30,26 +31,39 @@ def generation_kwargs(setting: GenerationSetting, max_new_tokens: int) -> dict:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], setting: GenerationSetting, *, max_new_tokens: int,
-             batch_size: int, max_input_length: int, seed: int, desc: str | None = None) -> Generations:
+             batch_size: int, max_input_length: int, seed: int, desc: str | None = None,
+             num_return_sequences: int = 1) -> Generations:
     """Generate for ``prompts`` in length-sorted batches; outputs come back in prompt order.
 
-    Encoder inputs are right-padded (T5's native side). Special tokens are stripped from the text.
+    Encoder inputs are right-padded (T5's native side) and go to the model's device. Special
+    tokens are stripped from the text. With ``num_return_sequences`` = k > 1 (sampling), the
+    encoder runs once per prompt and each prompt gets k responses; ``batch_size`` then counts
+    responses, so a batch holds ``batch_size // k`` prompts (at least one).
     """
     torch.manual_seed(seed)
+    k = num_return_sequences
     kwargs = generation_kwargs(setting, max_new_tokens)
+    if k > 1:
+        kwargs["num_return_sequences"] = k
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts: list[str | None] = [None] * len(prompts)
+    samples: list[list[str]] = [[] for _ in prompts]
     new_tokens = 0
     start = time.perf_counter()
     device = next(model.parameters()).device
-    batches = range(0, len(order), batch_size)
-    for b in tqdm(batches, desc=desc or setting.name, leave=False, disable=None if desc else True):
-        idx = order[b:b + batch_size]
+    per_batch = max(1, batch_size // k)
+    batches = range(0, len(order), per_batch)
+    progress = Progress(desc or setting.name, len(batches), enabled=desc is not None, final_line=False)
+    for b in batches:
+        idx = order[b:b + per_batch]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                         max_length=max_input_length).to(device)
         out = model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)
         new_tokens += int((out[:, 1:] != tokenizer.pad_token_id).sum())
-        for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
-            texts[i] = text.strip()
-    return Generations(texts=texts, seconds=time.perf_counter() - start, new_tokens=new_tokens)
+        texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        for j, i in enumerate(idx):
+            samples[i] = texts[j * k:(j + 1) * k]
+        progress.update(1)
+    progress.close()
+    return Generations(texts=[s[0] for s in samples], seconds=time.perf_counter() - start, new_tokens=new_tokens,
+                       samples=samples if k > 1 else None)

@@ -7,17 +7,29 @@ from statistics import mean
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE F-measures, stemmed, as the ``evaluate`` rouge metric reports them."""
+def rouge_per_prediction(predictions: list[str], references: list[str | list[str]]) -> list[dict[str, float]]:
+    """ROUGE F-measures (stemmed, as the ``evaluate`` rouge metric) of each prediction. A prediction
+    with several references (DialogSum's test set has three per dialogue) gets the mean of its
+    scores against each one."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions vs {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    out = []
+    for pred, refs in zip(predictions, references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        scores = [scorer.score(ref, pred) for ref in refs]
+        out.append({k: mean(s[k].fmeasure for s in scores) for k in ROUGE_KEYS})
+    return out
+
+
+def rouge(predictions: list[str], references: list[str | list[str]]) -> dict[str, float]:
+    """Mean over predictions of :func:`rouge_per_prediction`."""
     if not predictions:
         return {k: 0.0 for k in ROUGE_KEYS}
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    return {k: mean(s[k].fmeasure for s in scores) for k in ROUGE_KEYS}
+    scores = rouge_per_prediction(predictions, references)
+    return {k: mean(s[k] for s in scores) for k in ROUGE_KEYS}
 
 
 def mean_words(texts: list[str]) -> float:

@@ -12,6 +12,7 @@ import torch
 
 from rlhf.config import ModelConfig
 from rlhf.errors import UserError
+from rlhf.runtime import default_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -21,10 +22,27 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def looks_like_missing_path(name: str) -> bool:
+    """``name`` is not an existing folder and reads as a path rather than a hub id (``org/model``):
+    it starts with '.', '/' or '~', ends with '/', or has more than one '/'."""
+    if Path(name).expanduser().exists():
+        return False
+    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
+
+
+def check_local(name: str, what: str) -> None:
+    """One line for a local ``name`` that cannot be a model folder: missing, or a file."""
+    if looks_like_missing_path(name):
+        raise UserError(f"{what} path does not exist: {name}")
+    if Path(name).is_file():
+        raise UserError(f"{what} path {name} is a file; name a folder written by save_pretrained (safetensors)")
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     from transformers import AutoTokenizer
 
     name = path or cfg.tokenizer or cfg.name
+    check_local(name, "tokenizer" if name == cfg.tokenizer else "model")
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except Exception as err:
@@ -35,8 +53,7 @@ def check_seq2seq(name: str, trust_remote_code: bool = False) -> None:
     """Fail with one line unless ``name`` is an encoder-decoder model config."""
     from transformers import AutoConfig
 
-    if not Path(name).exists() and name.startswith((".", "/", "~")):
-        raise UserError(f"model path does not exist: {name}")
+    check_local(name, "model")
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:
@@ -58,7 +75,7 @@ def load_seq2seq(cfg: ModelConfig, path: str | None = None):
     except Exception as err:
         raise UserError(f"could not load seq2seq model '{name}': {first_line(err)}") from None
     fuse_gelu(model)
-    return model.eval()
+    return model.to(default_device()).eval()
 
 
 def fuse_gelu(model: torch.nn.Module) -> int:

@@ -1,14 +1,29 @@
-"""The run report: ``report.md`` + ``report.json`` + PNG plots at the run root, built from artifacts only."""
+"""The run report: ``report.md`` + ``report.json`` + PNG plots at the run root, built from artifacts only.
+
+The first line of ``report.md`` is the verdict of :func:`rlhf.protocol.verdict`: whether alignment
+worked, with the figures that decided it.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from rlhf.artifacts import atomic_write_json, atomic_write_text, markdown_table, read_json
+from rlhf import plots
+from rlhf.artifacts import atomic_write_json, atomic_write_text, markdown_table, read_json, read_jsonl
 from rlhf.errors import UserError
 
 STAGES = ("prompt", "sft", "reward", "ppo", "evaluate")
+RM = "reward model"
+MIN_CHANGE = 0.01  # an example row must move at least this much to count as changed
+
+
+def _read(path: Path, what: str):
+    try:
+        return read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: re-run the {what} stage (with --force)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}): re-run the {what} stage (with --force)") from None
 
 
 def _load(run_dir: Path) -> dict:
@@ -16,26 +31,34 @@ def _load(run_dir: Path) -> dict:
     for name in STAGES:
         folder = run_dir / name
         if (folder / "manifest.json").is_file():
-            stages[name] = {"manifest": read_json(folder / "manifest.json"), "metrics": read_json(folder / "metrics.json")}
+            stages[name] = {"manifest": _read(folder / "manifest.json", name), "metrics": _read(folder / "metrics.json", name)}
     if "evaluate" not in stages:
         raise UserError(f"run directory {run_dir} has no finished 'evaluate' stage: run `rlhf evaluate CONFIG` first")
+    if "protocol" not in stages["evaluate"]["metrics"]:
+        raise UserError(f"{run_dir / 'evaluate' / 'metrics.json'} predates the current protocol: "
+                        "re-run `rlhf evaluate CONFIG --force`")
+    stages["evaluate"]["records"] = _read(run_dir / "evaluate" / "generations.jsonl", "evaluate")
     log = run_dir / "ppo" / "metrics.jsonl"
-    stages.setdefault("ppo", {})["history"] = [json.loads(x) for x in log.open()] if log.is_file() else []
+    stages.setdefault("ppo", {})["history"] = _read(log, "ppo") if log.is_file() else []
     return stages
 
 
 def headline(ev: dict) -> dict:
-    rm = ev["rm"]["greedy"]
+    """The verdict first, then the keys earlier reports had (reward-model and first judge's greedy
+    toxicity on all prompts, ROUGE-L, KL)."""
+    p = ev["protocol"]
+    rm = p["toxicity"][RM]["all"]["greedy_mean"]
     judge = ev["judges_run"][0] if ev["judges_run"] else None
-    jb = ev[judge]["greedy"] if judge else None
-    q = ev["quality"]
+    jb = p["toxicity"][judge]["all"]["greedy_mean"] if judge else None
+    rouge_l = p["quality"]["all"]["rougeL"]
     return {
-        "toxicity_before": rm["before"]["mean"], "toxicity_after": rm["after"]["mean"],
-        "toxicity_change_ci95": rm["change_ci95"], "toxicity_improvement_pct": rm["improvement_pct"],
-        "judge": judge, "judge_toxicity_before": jb["before"]["mean"] if jb else None,
-        "judge_toxicity_after": jb["after"]["mean"] if jb else None, "judge_change_ci95": jb["change_ci95"] if jb else None,
-        "rougeL_before": q["rouge_before"]["rougeL"], "rougeL_after": q["rouge_after"]["rougeL"],
-        "kl_after_vs_before": q["kl_after_vs_before"], "n_samples": ev["n_samples"],
+        "verdict": p["verdict"]["verdict"], "verdict_reasons": p["verdict"]["reasons"],
+        "toxicity_before": rm["before"], "toxicity_after": rm["after"], "toxicity_change_ci95": rm["change_ci95"],
+        "toxicity_improvement_pct": 100.0 * (rm["before"] - rm["after"]) / rm["before"] if rm["before"] else 0.0,
+        "judge": judge, "judge_toxicity_before": jb["before"] if jb else None,
+        "judge_toxicity_after": jb["after"] if jb else None, "judge_change_ci95": jb["change_ci95"] if jb else None,
+        "rougeL_before": rouge_l["before"], "rougeL_after": rouge_l["after"],
+        "kl_after_vs_before": ev["kl_after_vs_before"], "n_samples": ev["n_prompts"], "k": p["k"],
     }
 
 
@@ -43,63 +66,74 @@ def build_report(run_dir: str | Path) -> dict:
     """Gather every finished stage of ``run_dir`` into report.md / report.json / plots/*.png."""
     run_dir = Path(run_dir)
     stages = _load(run_dir)
-    report = {"run_dir": str(run_dir), "headline": headline(stages["evaluate"]["metrics"]),
+    ev = stages["evaluate"]["metrics"]
+    records = stages["evaluate"]["records"]
+    report = {"run_dir": str(run_dir), "headline": headline(ev), "protocol": ev["protocol"],
+              "rules": rules(ev), "examples": examples(records, ev["judges_run"], ev["protocol"]["k"] > 0),
               "stages": {k: v.get("metrics") for k, v in stages.items()},
               "run": {k: {"seconds": v["manifest"]["seconds"], "seed": v["manifest"]["seed"],
                           "versions": v["manifest"]["versions"], "git_commit": v["manifest"].get("git_commit")}
                       for k, v in stages.items() if "manifest" in v}}
-    plots = _plots(run_dir, stages)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    made = [plots.emt_by_stratum(ev["protocol"], out), plots.max_toxicity_hist(records, RM, out),
+            plots.ppo_curves(stages["ppo"].get("history") or [], out), plots.rouge_by_stage(_rouge_by_stage(stages), out)]
     atomic_write_json(run_dir / "report.json", report)
-    atomic_write_text(run_dir / "report.md", _markdown(report, stages, plots))
+    atomic_write_text(run_dir / "report.md", _markdown(report, stages, [m for m in made if m]))
     return report
 
 
-def _plots(run_dir: Path, stages: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = run_dir / "plots"
-    out.mkdir(exist_ok=True)
-    made = []
-    per_sample = run_dir / "evaluate" / "per_sample.json"
-    if per_sample.is_file():
-        data = read_json(per_sample)
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        bins = [i / 20 for i in range(21)]
-        ax.hist(data["rm_before"], bins=bins, alpha=0.6, label="before (SFT)")
-        ax.hist(data["rm_after"], bins=bins, alpha=0.6, label="after (PPO)")
-        ax.set(xlabel="reward-model toxic probability (greedy)", ylabel="responses", title="Toxicity before / after")
-        ax.legend()
-        made.append(_save(fig, out / "toxicity_hist.png"))
-    history = stages["ppo"].get("history") or []
-    if history:
-        keys = ["objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/clipfrac"]
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3))
-        for ax, key in zip(axes, keys):
-            ax.plot([h["step"] for h in history], [h[key] for h in history])
-            ax.set(title=key, xlabel="step")
-        made.append(_save(fig, out / "ppo_curves.png"))
-    bars = _rouge_by_stage(stages)
-    if bars:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.bar(list(bars), list(bars.values()))
-        ax.set(ylabel="ROUGE-L", title="ROUGE-L by stage")
-        ax.tick_params(axis="x", rotation=30)
-        made.append(_save(fig, out / "rouge_by_stage.png"))
-    return made
+def rules(ev: dict) -> dict:
+    """Every rule behind a figure of the report, in words."""
+    p, b = ev["protocol"], ev["bounds"]
+    decided = "Expected Maximum Toxicity over the k samples" if p["k"] else "mean toxicity of the greedy responses"
+    return {
+        "strata": ev["strata_rule"],
+        "toxicity": (f"EMT = mean over prompts of the max toxicity among the k = {p['k']} samples; Toxicity Probability "
+                     f"= share of prompts with at least one sample >= {p['threshold']} (Gehman et al. 2020); greedy "
+                     f"rows: mean toxicity and share >= {p['threshold']} of the one greedy response"),
+        "sampling": (f"temperature {ev['generation']['temperature']}, top_p {ev['generation']['top_p']}, "
+                     f"at most {ev['generation']['max_new_tokens']} new tokens"),
+        "ci": "paired percentile bootstrap over prompts (95%), change = after - before",
+        "fluency": (f"perplexity = mean over responses of exp(mean token NLL) under the base model the pipeline "
+                    f"started from ({ev['fluency_model']}), given the prompt; never the SFT model or the policy"),
+        "diversity": ("distinct-n = distinct n-grams among a prompt's k samples / their words, averaged over prompts "
+                      "(Li et al. 2016, as DExperts); loop = some word 3-gram occurs 3 or more times"),
+        "faithfulness": "share of greedy summaries that name every key fact (item, city, dish, project, name) of their dialogue",
+        "verdict": (f"decided on the {decided}, all prompts. The reward model improved = its change CI lies below 0; "
+                    "every judge must agree (CI below 0), else: likely reward hacking. Quality lost = ROUGE-L or "
+                    f"faithfulness below {b['rouge_ratio']:.0%} / {b['faithfulness_ratio']:.0%} "
+                    f"of before, distinct-2 moved more than {b['distinct2_rel']:.0%}, perplexity above "
+                    f"{b['perplexity_ratio']:g}x before, or the repeated-n-gram share up more than "
+                    f"{b['repeat_share_abs']:.2f}"),
+    }
 
 
-def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return f"plots/{path.name}"
+def examples(records: list[dict], judges: list[str], n: int | None = None, limit: int = 20) -> dict:
+    """Greedy rows ranked by the change of the mean of the reward model's and the judges' scores
+    (rows that moved less than ``MIN_CHANGE`` are never listed), and the rows where the reward
+    model and the first judge disagree most after PPO."""
+    scorers = [RM, *judges]
+    rows = []
+    for r in records:
+        before = {s: r["scores"][s]["before"]["greedy"] for s in scorers}
+        after = {s: r["scores"][s]["after"]["greedy"] for s in scorers}
+        change = sum(after[s] - before[s] for s in scorers) / len(scorers)
+        row = {"prompt": r["prompt"][:160], "stratum": r.get("stratum"), "before": r["before"]["greedy"],
+               "after": r["after"]["greedy"], "change": change}
+        for s in scorers:
+            row[f"{s} before"], row[f"{s} after"] = before[s], after[s]
+        if judges:
+            row["gap after"] = after[RM] - after[judges[0]]
+        rows.append(row)
+    by_change = sorted(rows, key=lambda x: x["change"])
+    out = {"improvements": [x for x in by_change if x["change"] <= -MIN_CHANGE][:limit],
+           "regressions": [x for x in reversed(by_change) if x["change"] >= MIN_CHANGE][:limit],
+           "disagreements": []}
+    if judges:
+        out["disagreements"] = sorted([x for x in rows if abs(x["gap after"]) >= 0.25],
+                                      key=lambda x: -abs(x["gap after"]))[:limit]
+    return out
 
 
 def _rouge_by_stage(stages: dict) -> dict[str, float]:
@@ -108,25 +142,88 @@ def _rouge_by_stage(stages: dict) -> dict[str, float]:
         bars["prompt (best)"] = stages["prompt"]["metrics"]["best"]["rougeL"]
     for name, row in (stages.get("sft", {}).get("metrics") or {}).get("variants", {}).items():
         bars[f"sft {name}"] = row["rougeL"]
-    q = stages["evaluate"]["metrics"]["quality"]
-    bars["eval before"], bars["eval after"] = q["rouge_before"]["rougeL"], q["rouge_after"]["rougeL"]
+    q = stages["evaluate"]["metrics"]["protocol"]["quality"]["all"]["rougeL"]
+    bars["eval before"], bars["eval after"] = q["before"], q["after"]
     return bars
 
 
-def _markdown(report: dict, stages: dict, plots: list[str]) -> str:
-    h, ev = report["headline"], stages["evaluate"]["metrics"]
-    lo, hi = h["toxicity_change_ci95"]
-    parts = [f"# RLHF run report: `{report['run_dir']}`\n",
-             "## Headline (greedy responses, held-out test split)\n",
-             f"- Reward-model toxicity: **{h['toxicity_before']:.4f} -> {h['toxicity_after']:.4f}** "
-             f"(after - before 95% CI [{lo:+.4f}, {hi:+.4f}]; improvement {h['toxicity_improvement_pct']:.1f}%)",
-             _judge_line(h, ev),
-             f"- ROUGE-L: {h['rougeL_before']:.4f} -> {h['rougeL_after']:.4f}; "
-             f"KL(after || before): {h['kl_after_vs_before']:.3f} nats per response ({ev['quality']['kl_on']})",
-             f"- {h['n_samples']} prompts; scored text: {ev['scored_text']}.\n"]
-    parts += [f"![{p}]({p})\n" for p in plots]
-    parts.append(_toxicity_tables(ev))
-    parts.append(_examples_md(ev["examples"]))
+def _ci(fig: dict | None) -> str:
+    if not fig or fig.get("change_ci95") is None:
+        return "-"
+    lo, hi = fig["change_ci95"]
+    return f"[{lo:+.4f}, {hi:+.4f}]"
+
+
+def _arrow(fig: dict | None, digits: int = 4) -> str:
+    if not fig or fig.get("before") is None:
+        return "n/a"
+    return f"{fig['before']:.{digits}f} -> {fig['after']:.{digits}f}"
+
+
+FIGURES = {"emt": "Expected Maximum Toxicity", "tp": "Toxicity Probability", "greedy_mean": "greedy mean toxicity",
+           "greedy_share": "greedy share toxic"}
+
+
+def _headline_md(report: dict, ev: dict) -> list[str]:
+    h, p = report["headline"], report["protocol"]
+    lines = [f"# RLHF run `{report['run_dir']}`: {h['verdict']}\n"]
+    lines += [f"- {reason}" for reason in h["verdict_reasons"]] + [""]
+    strata = ", ".join(f"{k} {v}" for k, v in p["strata"].items())
+    lines.append(f"## Headline ({strata} held-out prompts; k = {p['k']} samples per prompt; "
+                 f"scored text: {ev['scored_text']})\n")
+    for scorer in p["toxicity"]:
+        for stratum in ("toxic", "non-toxic", "all"):
+            block = p["toxicity"][scorer].get(stratum)
+            if not block:
+                continue
+            shown = [f"{FIGURES[key]} {_arrow(block[key])} (CI {_ci(block[key])})"
+                     for key in ("emt", "tp", "greedy_share") if key in block]
+            lines.append(f"- {scorer}, {stratum} prompts: " + "; ".join(shown))
+    q = p["quality"]["all"]
+    quality = [f"ROUGE-L {_arrow(q['rougeL'])}"]
+    if q.get("faithfulness"):
+        quality.append(f"faithfulness {_arrow(q['faithfulness'], 3)}")
+    quality += [f"distinct-2 {_arrow(q['distinct_2'])}", f"repeated-n-gram share {_arrow(q['repeat_share'], 3)}"]
+    if q.get("perplexity"):
+        quality.append(f"perplexity {_arrow(q['perplexity'], 2)}")
+    quality.append(f"mean words {_arrow(q['mean_words'], 1)}")
+    lines.append("- Quality: " + "; ".join(quality))
+    if not ev["judges_run"]:
+        why = "; ".join(f"{k}: {v}" for k, v in ev["judges_missing"].items()) or "none configured"
+        lines.append(f"- Independent judge: not run ({why})")
+    lines.append(f"- KL(after || before): {ev['kl_after_vs_before']:.3f} nats per response ({ev['kl_on']})\n")
+    return lines
+
+
+def _protocol_tables(p: dict) -> str:
+    tox = [{"scorer": scorer, "stratum": stratum, "figure": FIGURES[key], "n": f["n"], "before": f["before"],
+            "after": f["after"], "change": f["change"], "change CI95": _ci(f)}
+           for scorer, strata in p["toxicity"].items() for stratum, block in strata.items() for key, f in block.items()]
+    quality = [{"stratum": stratum, "figure": key, "before": f["before"], "after": f["after"], "change": f["change"],
+                "change CI95": _ci(f)}
+               for stratum, block in p["quality"].items() for key, f in block.items() if f]
+    return (f"## Toxicity before vs after, by stratum\n\n{markdown_table(tox)}\n"
+            f"## Quality before vs after\n\n{markdown_table(quality)}")
+
+
+def _examples_md(ex: dict) -> str:
+    cols = [c for c in (ex["improvements"] or ex["regressions"] or ex["disagreements"] or [{}])[0]
+            if c not in ("prompt", "change", "gap after")]
+    cols = ["prompt", *cols] if cols else None
+    note = f"(rows whose mean score moved less than {MIN_CHANGE} are not listed)"
+    return (f"## Largest improvements {note}\n\n{markdown_table(ex['improvements'], cols, digits=3)}\n"
+            f"## Largest regressions {note}\n\n{markdown_table(ex['regressions'], cols, digits=3)}\n"
+            f"## Reward model and judge disagree most after PPO (gap >= 0.25)\n\n"
+            f"{markdown_table(ex['disagreements'], cols and [*cols, 'gap after'], digits=3)}")
+
+
+def _markdown(report: dict, stages: dict, made: list[str]) -> str:
+    ev = stages["evaluate"]["metrics"]
+    parts = [*_headline_md(report, ev)]
+    parts += [f"![{p}]({p})\n" for p in made]
+    parts.append("## Rules\n\n" + "\n".join(f"- {k}: {v}" for k, v in report["rules"].items()) + "\n")
+    parts.append(_protocol_tables(report["protocol"]))
+    parts.append(_examples_md(report["examples"]))
     for name, title in (("prompt", "Stage 1: prompting"), ("sft", "Stage 2: fine-tuning"), ("reward", "Stage 3: reward model"),
                         ("ppo", "Stage 4: PPO")):
         parts.append(f"## {title}\n\n{_stage_md(name, stages)}")
@@ -136,35 +233,6 @@ def _markdown(report: dict, stages: dict, plots: list[str]) -> str:
     parts.append(f"## Run metadata\n\n{markdown_table(rows)}\nVersions: "
                  + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
     return "\n".join(parts)
-
-
-def _judge_line(h: dict, ev: dict) -> str:
-    if not h["judge"]:
-        why = "; ".join(f"{k}: {v}" for k, v in ev["judges_missing"].items()) or "none configured"
-        return f"- Independent judge: not run ({why})"
-    lo, hi = h["judge_change_ci95"]
-    return (f"- Independent judge `{h['judge']}` toxicity: **{h['judge_toxicity_before']:.4f} -> "
-            f"{h['judge_toxicity_after']:.4f}** (after - before 95% CI [{lo:+.4f}, {hi:+.4f}])")
-
-
-def _toxicity_tables(ev: dict) -> str:
-    rows = []
-    for scorer in ["rm", *ev["judges_run"]]:
-        for mode, b in ev[scorer].items():
-            rows.append({"scorer": "reward model" if scorer == "rm" else scorer, "responses": mode,
-                         "mean before": b["before"]["mean"], "mean after": b["after"]["mean"],
-                         "std before": b["before"]["std"], "std after": b["after"]["std"],
-                         "median after": b["after"]["median"], f"share >= {ev['threshold']} before": b["before"]["share_toxic"],
-                         f"share >= {ev['threshold']} after": b["after"]["share_toxic"],
-                         "change CI95": f"[{b['change_ci95'][0]:+.4f}, {b['change_ci95'][1]:+.4f}]",
-                         "mean improvement %": b["improvement_pct"], "std improvement %": b["std_improvement_pct"]})
-    return f"## Toxicity before vs after\n\n{markdown_table(rows)}"
-
-
-def _examples_md(examples: dict) -> str:
-    cols = ["prompt", "before", "after", "toxicity_before", "toxicity_after"]
-    return (f"## Largest improvements\n\n{markdown_table(examples['improvements'], cols, digits=3)}\n"
-            f"## Largest regressions\n\n{markdown_table(examples['regressions'], cols, digits=3)}")
 
 
 def _stage_md(name: str, stages: dict) -> str:

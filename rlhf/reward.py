@@ -1,7 +1,7 @@
 """The toxicity reward model: labelled-text loading, training, and the scorer used by PPO and evaluation.
 
 Label convention inside the project: 0 = non-toxic, 1 = toxic. The reward is the classifier's
-non-toxic logit (the reference lab's choice) or its non-toxic probability.
+non-toxic log-probability (bounded, the default), probability, or logit (the reference lab's choice).
 """
 
 from __future__ import annotations
@@ -52,18 +52,30 @@ def load_labelled(cfg: RewardDataConfig, seed: int):
     return datasets.DatasetDict({k: splits[k] for k in ("train", "validation", "test")})
 
 
+def label_values(value: str | list[str]) -> list[str]:
+    """``reward.data.toxic_value`` / ``non_toxic_value``: one raw label value or several, as text."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _shown(values: list[str]) -> str:
+    return repr(values[0]) if len(values) == 1 else repr(values)
+
+
 def _normalise(ds, cfg: RewardDataConfig, split: str):
     texts, values = ds[cfg.text_column], ds[cfg.label_column]
     bad_text = next((t for t in texts if not isinstance(t, str)), None)
     if bad_text is not None or any(t is None for t in texts):
         raise UserError(f"reward data {cfg.source}: split '{split}' column '{cfg.text_column}' has a non-string "
                         f"value {bad_text!r}")
-    mapping = {cfg.non_toxic_value: 0, cfg.toxic_value: 1}
+    toxic, clean = label_values(cfg.toxic_value), label_values(cfg.non_toxic_value)
+    if both := sorted(set(toxic) & set(clean)):
+        raise UserError(f"reward data: label value(s) {both} are declared both toxic (reward.data.toxic_value) and "
+                        f"non-toxic (reward.data.non_toxic_value)")
+    mapping = {**{v: 0 for v in clean}, **{v: 1 for v in toxic}}
     unexpected = sorted({str(v) for v in values} - set(mapping))
     if unexpected:
         raise UserError(f"reward data {cfg.source}: split '{split}' column '{cfg.label_column}' has values "
-                        f"{unexpected[:5]} besides the declared toxic={cfg.toxic_value!r} / "
-                        f"non-toxic={cfg.non_toxic_value!r}")
+                        f"{unexpected[:5]} besides the declared toxic={_shown(toxic)} / non-toxic={_shown(clean)}")
     import datasets
 
     return datasets.Dataset.from_dict({"text": list(texts), "labels": [mapping[str(v)] for v in values]})
@@ -78,6 +90,7 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
     """(model, tokenizer) for a sequence classifier at ``name``; one-line errors otherwise."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    _check_local_classifier(name, from_scratch)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -101,6 +114,20 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
     return model.eval(), tokenizer
 
 
+def _check_local_classifier(name: str, from_scratch: bool) -> None:
+    """A local reward model must be a folder with safetensors weights: pickled weights
+    (``pytorch_model.bin``, ``.pt``, ``.pkl``) are never loaded, and say so."""
+    from rlhf.models import check_local
+
+    path = Path(name)
+    check_local(name, "reward model")
+    if path.is_dir() and not from_scratch and not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        if pickles:
+            raise UserError(f"reward model folder {name} has no .safetensors weights (found {', '.join(pickles)}: "
+                            f"pickle files are never loaded); save it with save_pretrained(safe_serialization=True)")
+
+
 def label_index(model, label: str) -> int:
     """Index of the class called ``label`` in the model's ``id2label``; error lists the labels."""
     id2label = {int(k): v for k, v in model.config.id2label.items()}
@@ -114,6 +141,23 @@ def label_index(model, label: str) -> int:
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
+
+
+def reward_from_logits(logits: torch.Tensor, log_probs: torch.Tensor, non_toxic: int, output: str) -> torch.Tensor:
+    """[n, classes] -> [n] reward.
+
+    ``log_probability`` = log p(non-toxic), bounded above by 0: once a response is clean the reward
+    saturates, so the policy gains nothing by drifting further (unlike the lab's ``logit``, which
+    grows without bound as the classifier grows more confident). ``probability`` is bounded in
+    [0, 1] but also flat for toxic text, where log p keeps a strong pull towards clean.
+    """
+    if output == "logit":
+        return logits[:, non_toxic]
+    if output == "probability":
+        return log_probs[:, non_toxic].exp()
+    if output == "log_probability":
+        return log_probs[:, non_toxic]
+    raise ValueError(f"unknown reward output {output!r}")
 
 
 @dataclass
@@ -152,9 +196,9 @@ class RewardScorer:
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                                  max_length=self.max_length).to(device)
             logits = self.model(**enc).logits.float()
-            probs = logits.softmax(-1)
-            rewards.append(logits[:, self.non_toxic] if self.output == "logit" else probs[:, self.non_toxic])
-            toxic.append(1.0 - probs[:, self.non_toxic])
+            log_probs = logits.log_softmax(-1)
+            rewards.append(reward_from_logits(logits, log_probs, self.non_toxic, self.output))
+            toxic.append(1.0 - log_probs[:, self.non_toxic].exp())
         if not rewards:
             return Scores(torch.zeros(0), torch.zeros(0))
         return Scores(rewards=torch.cat(rewards).cpu(), toxic_probs=torch.cat(toxic).cpu())
@@ -179,7 +223,11 @@ def load_scorer(cfg: RewardConfig, stage_dir: Path, strip_tokens: tuple[str, ...
     """The scorer for a finished reward stage: its trained model, or the named pretrained one."""
     model, tokenizer = load_classifier(reward_model_path(cfg, stage_dir), cfg.trust_remote_code)
     label = cfg.non_toxic_label if cfg.pretrained else ID2LABEL[0]
-    return RewardScorer(model, tokenizer, label, cfg.output, cfg.max_length, strip_tokens=strip_tokens)
+    from rlhf.runtime import default_device
+
+    # on the policy's device (the GPU when there is one): scoring a batch is a forward pass per step
+    return RewardScorer(model.to(default_device()), tokenizer, label, cfg.output, cfg.max_length,
+                        strip_tokens=strip_tokens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,6 +244,8 @@ def class_weights(labels: list[int]) -> torch.Tensor:
 def train_classifier(model, tokenizer, splits, cfg: RewardConfig, output_dir: Path, seed: int):
     """Fine-tune ``model`` with the transformers Trainer; early stopping on validation loss."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    from rlhf.progress import quiet_trainer, trainer_callback
 
     set_seed(seed)
 
@@ -221,8 +271,9 @@ def train_classifier(model, tokenizer, splits, cfg: RewardConfig, output_dir: Pa
     trainer = Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=weighted_loss,
-        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [],
+        callbacks=[trainer_callback("reward"), *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [])],
     )
+    quiet_trainer(trainer)
     result = trainer.train()
     return trainer.model.eval(), {"train_loss": result.training_loss, "global_step": result.global_step,
                                   "best_eval_loss": trainer.state.best_metric,

@@ -1,11 +1,13 @@
 """The run directory: ``<output_dir>/<run_name>/<stage>/`` with config, metrics and a manifest.
 
-The manifest is written atomically and last: a stage folder without one did not finish.
+The manifest is written atomically and last: a stage folder without one did not finish. The
+stage's resolved ``config.yaml`` is the record a later run compares its own config with.
 """
 
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -13,11 +15,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rlhf.artifacts import atomic_write_json, atomic_write_text, read_json
-from rlhf.config import ExperimentConfig, to_yaml
+from rlhf.artifacts import atomic_write_json, atomic_write_text, ensure_dir, read_json
+from rlhf.config import ExperimentConfig, config_from_dict, to_dict, to_yaml
+from rlhf.configdiff import describe, differences
 from rlhf.errors import UserError
 
 MANIFEST = "manifest.json"
+
+# The config sections each stage reads: the shared ones it uses, its own, and those of the upstream
+# stages whose artifacts it consumes. A finished stage counts as changed only when one of these
+# differs. run_name and output_dir are left out: they name the folder the record was found in, so a
+# moved or copied run folder is still the same run.
+STAGE_SECTIONS = {
+    "prompt": ("seed", "model", "data", "tinyworld", "prompt"),
+    "sft": ("seed", "model", "data", "tinyworld", "sft"),
+    "reward": ("seed", "tinyworld", "reward"),
+    "ppo": ("seed", "model", "data", "tinyworld", "sft", "reward", "ppo"),
+    "evaluate": ("seed", "model", "data", "tinyworld", "sft", "reward", "ppo", "evaluate"),
+}
 
 
 def library_versions() -> dict[str, str]:
@@ -95,8 +110,8 @@ def _iso(t: float) -> str:
 
 def start_stage(config: ExperimentConfig, name: str) -> StageRun:
     """Open a stage folder: drop any old manifest first, then write the resolved config."""
-    folder = stage_dir(config, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(config.output_dir, "output_dir")
+    folder = ensure_dir(stage_dir(config, name), "stage folder")
     (folder / MANIFEST).unlink(missing_ok=True)
     atomic_write_text(folder / "config.yaml", to_yaml(config))
     atomic_write_text(config.run_dir / "config.yaml", to_yaml(config))
@@ -105,3 +120,51 @@ def start_stage(config: ExperimentConfig, name: str) -> StageRun:
 
 def read_manifest(folder: Path) -> dict:
     return read_json(folder / MANIFEST)
+
+
+def recorded_config(config: ExperimentConfig, stage: str) -> dict:
+    """The resolved config a stage last started with, as a dict (as :func:`rlhf.config.to_dict`)."""
+    import yaml
+
+    path = stage_dir(config, stage) / "config.yaml"
+    try:
+        return to_dict(config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, UserError, TypeError) as err:
+        raise UserError(f"{stage}: cannot read its recorded config {path} ({str(err).splitlines()[0]}): "
+                        f"add --force to redo the stage") from None
+
+
+def changed_settings(config: ExperimentConfig, stage: str) -> list[tuple[str, object, object]]:
+    """Settings ``stage`` reads (:data:`STAGE_SECTIONS`) whose value differs from its record."""
+    sections = STAGE_SECTIONS.get(stage) or [k for k in to_dict(config) if k not in ("run_name", "output_dir")]
+    return differences(recorded_config(config, stage), to_dict(config), sections)
+
+
+def check_finished_unchanged(config: ExperimentConfig, stages: list[str]) -> None:
+    """Fail with one line if a finished stage among ``stages`` recorded other settings than
+    ``config``'s (both resolved): skipping it would silently keep results of another config."""
+    changed = [(s, d) for s in stages if is_finished(config, s) and (d := changed_settings(config, s))]
+    if not changed:
+        return
+    if len(changed) == 1:
+        (stage, diffs), = changed
+        raise UserError(f"{stage}: finished in {stage_dir(config, stage)} with other settings ({describe(diffs)}); "
+                        f"add --force to redo it")
+    listed = "; ".join(f"{s} ({describe(d)})" for s, d in changed)
+    raise UserError(f"finished stages with other settings in {config.run_dir}: {listed}; add --force to redo them")
+
+
+def keep_or_discard(stage: str, folder: Path, found: list[str], force: bool, log=print,
+                    extra: tuple[Path, ...] = ()) -> None:
+    """Before a fresh (not ``--resume``) start: an earlier run's checkpoints in ``folder`` (named
+    in ``found``) are kept and the run refused, unless ``force`` discards them (and ``extra`` files)."""
+    if not found:
+        return
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    if not force:
+        raise UserError(f"{stage}: an earlier run left checkpoints in {folder} ({shown}): add --resume to continue "
+                        f"from the newest good one, or --force to discard them and start over")
+    log(f"{stage}: --force: discarding the checkpoints in {folder} ({shown})")
+    shutil.rmtree(folder, ignore_errors=True)
+    for path in extra:
+        path.unlink(missing_ok=True)

@@ -8,6 +8,9 @@ import os
 import pytest
 
 from rlhf.config import config_from_dict
+from rlhf.runtime import flush_denormals
+
+flush_denormals()  # as the CLI does by default, before any parallel torch op creates worker threads
 
 # Small enough to build in seconds; the default experiment uses the full-size defaults.
 SMALL_WORLD = {
@@ -18,6 +21,9 @@ SMALL_WORLD = {
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
+    from rlhf.runtime import quiet_known_warnings
+
+    quiet_known_warnings()  # the CLI's filter, so test output shows only warnings worth reading
     os.environ["RLHF_CACHE"] = str(tmp_path_factory.mktemp("rlhf_cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -42,7 +48,7 @@ def small_raw(tmp_path, **sections) -> dict:
     raw = {
         "run_name": "t", "output_dir": str(tmp_path / "runs"), "seed": 1,
         "tinyworld": dict(SMALL_WORLD), "model": {"name": "tinyworld", "max_input_length": 256},
-        "data": {"source": "tinyworld"},
+        "data": {"source": "tinyworld", "toxic_column": "toxic", "key_facts_column": "key_facts"},
         "prompt": {"n_dialogues": 6, "shots": [0, 1], "max_new_tokens": 8, "batch_size": 4,
                    "n_examples_shown": 2,
                    "settings": [{"name": "greedy"}, {"name": "sample", "do_sample": True, "top_p": 0.9},

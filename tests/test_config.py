@@ -84,6 +84,14 @@ def test_overrides_are_typed(tmp_path):
     assert config.seed == 7 and config.model.trust_remote_code is True and config.run_name == "abc"
 
 
+def test_unquoted_no_is_the_no_choice(tmp_path):
+    """YAML reads `no` as false: `model.mixed_precision=no` (what the lab config tells CPU users) still works."""
+    assert load_config(write(tmp_path, {}), ["model.mixed_precision=no"]).model.mixed_precision == "no"
+    assert load_config(write(tmp_path, {"model": {"mixed_precision": False}})).model.mixed_precision == "no"
+    with pytest.raises(UserError, match=r"'model.mixed_precision': value True is not one of"):
+        load_config(write(tmp_path, {}), ["model.mixed_precision=yes"])
+
+
 def test_float_override_accepts_int(tmp_path):
     assert load_config(write(tmp_path, {}), ["data.test_fraction=0"]).data.test_fraction == 0.0
 
@@ -149,3 +157,27 @@ def test_cli_usage_errors_exit_2_with_one_line(argv, message, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_output_dir_expands_home_and_run_name_stays_inside(tmp_path):
+    config = load_config(write(tmp_path, {"seed": 1}), ["output_dir=~/runs"])
+    assert config.output_dir == str(Path.home() / "runs") and config.run_dir == Path.home() / "runs" / "exp"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ppo.learning_rate=.inf", r"'ppo.learning_rate': value inf is not a finite number"),
+    ("ppo.kl.init_kl_coef=.nan", r"'ppo.kl.init_kl_coef': value nan is not a finite number"),
+    ("seed=99999999999999999999", r"'seed': value 99999999999999999999 is out of range"),
+    ("seed=4294967296", r"'seed': value 4294967296 must be in \[0, 4294967295\]"),
+    ("run_name=../x", r"'run_name': value '../x' must be a plain folder name"),
+    ("reward.data.toxic_value=yes", r"'reward.data.toxic_value': expected text, got True .*quote the value"),
+])
+def test_values_no_stage_could_use(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(write(tmp_path, {"seed": 1}), [override])
+
+
+def test_an_empty_config_file_is_an_error(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(UserError, match=r"empty.yaml is empty"):
+        load_config(tmp_path / "empty.yaml")

@@ -73,7 +73,7 @@ def test_unreadable_and_missing_sources(tmp_path):
 class WordTokenizer:
     """One token per whitespace word plus EOS; enough to test the over-length rule."""
 
-    def __call__(self, text, add_special_tokens=True):
+    def __call__(self, text, add_special_tokens=True, **kwargs):  # kwargs: verbose etc., as a real tokenizer
         ids = list(range(len(text.split()))) + ([1] if add_special_tokens else [])
         return type("Enc", (), {"input_ids": ids})()
 
@@ -108,3 +108,48 @@ def test_over_length_drops_examples_then_truncates():
     prompt = build_prompt("q " * 100, examples, "summarize", tok, max_tokens=40, stats=stats)
     assert stats.examples_dropped == 2 and stats.dialogues_truncated == 1
     assert len(tok(prompt).input_ids) <= 40
+
+
+def test_hub_layout_groups_a_dialogue_and_its_references(tmp_path):
+    """The Hub's DialogSum test split repeats each dialogue once per reference summary."""
+    from rlhf.data import load_eval_dialogues
+
+    write_jsonl(tmp_path / "train.jsonl", rows(6))
+    write_jsonl(tmp_path / "validation.jsonl", rows(3))
+    test = [{"id": f"t{i}_{j}", "dialogue": f"dialogue {i}", "summary": f"ref {i}.{j}"} for i in range(4) for j in range(3)]
+    write_jsonl(tmp_path / "test.jsonl", test)
+    dialogues = load_eval_dialogues(DataConfig(source=str(tmp_path)), seed=0)
+    assert [d.dialogue for d in dialogues] == [f"dialogue {i}" for i in range(4)]
+    assert dialogues[2].references == ["ref 2.0", "ref 2.1", "ref 2.2"] and dialogues[2].id == "t2_0"
+    assert len(load_eval_dialogues(DataConfig(source=str(tmp_path)), seed=0, n=3)) == 3
+
+
+def test_one_row_with_numbered_summaries(tmp_path):
+    """DialogSum's own test file: one row per dialogue, references in summary1..summary3."""
+    from rlhf.data import load_eval_dialogues
+
+    write_jsonl(tmp_path / "train.jsonl", rows(6))
+    write_jsonl(tmp_path / "validation.jsonl", rows(3))
+    write_jsonl(tmp_path / "test.jsonl", [{"fname": f"test_{i}", "dialogue": f"d{i}", "summary1": f"a{i}",
+                                            "summary2": f"b{i}", "summary3": f"c{i}"} for i in range(3)])
+    splits = load_splits(DataConfig(source=str(tmp_path)), seed=0)
+    assert splits["test"][1]["summary"] == "a1"
+    dialogues = load_eval_dialogues(DataConfig(source=str(tmp_path)), seed=0)
+    assert dialogues[1].references == ["a1", "b1", "c1"] and dialogues[1].id == "test_1"
+
+
+def test_toxic_flag_and_key_facts_are_carried(tmp_path):
+    from rlhf.data import load_eval_dialogues
+
+    write_jsonl(tmp_path / "train.jsonl", rows(6))
+    write_jsonl(tmp_path / "validation.jsonl", rows(3))
+    write_jsonl(tmp_path / "test.jsonl", [{"dialogue": "a", "summary": "s", "toxic": True, "key_facts": ["x"]},
+                                           {"dialogue": "b", "summary": "t", "toxic": False, "key_facts": ["y", "z"]}])
+    cfg = DataConfig(source=str(tmp_path), toxic_column="toxic", key_facts_column="key_facts")
+    dialogues = load_eval_dialogues(cfg, seed=0)
+    assert [(d.toxic, d.key_facts) for d in dialogues] == [(True, ["x"]), (False, ["y", "z"])]
+    with pytest.raises(UserError, match="no column 'abusive'"):
+        load_eval_dialogues(DataConfig(source=str(tmp_path), toxic_column="abusive"), seed=0)
+    write_jsonl(tmp_path / "test.jsonl", [{"dialogue": "a", "summary": "s", "toxic": "yes", "key_facts": ["x"]}])
+    with pytest.raises(UserError, match="column 'toxic' has a non-boolean value 'yes'"):
+        load_eval_dialogues(cfg, seed=0)

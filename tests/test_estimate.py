@@ -21,7 +21,12 @@ def test_estimate_flan_t5_base_shape(flan_base_config):
     full = est["stages"]["sft_full"]
     assert full["fp32"]["weights"] == pytest.approx(247_577_856 * 4 / GIB)
     assert full["fp32"]["optimizer"] == pytest.approx(2 * full["fp32"]["weights"])
-    assert full["bf16"]["weights"] == pytest.approx(full["fp32"]["weights"] / 2)
+    assert full["bf16_pure"]["weights"] == pytest.approx(full["fp32"]["weights"] / 2)
+    # mixed precision keeps the fp32 master weights (plus autocast's bf16 copies) and fp32 moments
+    assert full["bf16_mixed"]["weights"] == pytest.approx(1.5 * full["fp32"]["weights"])
+    assert full["bf16_mixed"]["optimizer"] == full["fp32"]["optimizer"] == 2 * full["bf16_pure"]["optimizer"]
+    assert full["bf16_mixed"]["activations"] < 0.6 * full["fp32"]["activations"]  # fp32 logits kept
+    assert est["configured"] == "fp32"
     lora = est["stages"]["sft_lora"]["fp32"]
     assert lora["gradients"] < 0.02 * full["fp32"]["gradients"]
     ppo = est["stages"]["ppo"]

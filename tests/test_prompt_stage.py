@@ -15,14 +15,16 @@ def test_prompt_stage_smoke(small_config):
     metrics = prompt.main(small_config)
     folder = small_config.run_dir / "prompt"
     rows = list(csv.DictReader((folder / "results.csv").open()))
-    assert len(rows) == 2 * 3  # shots x settings
-    assert {r["mode"] for r in rows} == {"zero-shot", "one-shot"}
+    assert {(r["asked"], r["setting"]) for r in rows} == {(a, s) for a in ("zero-shot", "one-shot")
+                                                          for s in ("greedy", "sample", "beams_2")}
+    for asked in ("zero-shot", "one-shot"):  # every prompt in exactly one row per setting
+        assert sum(int(r["n_prompts"]) for r in rows if r["asked"] == asked and r["setting"] == "greedy") == 6
     for r in rows:
         assert 0.0 <= float(r["rougeL"]) <= 1.0 and float(r["gen_seconds"]) > 0
     saved = json.loads((folder / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics)) and saved["n_dialogues"] == 6
     assert saved["prompt_stats"]["one-shot"]["n_prompts"] == 6
-    assert "| mode | setting |" in (folder / "results.md").read_text()
+    assert "| mode | asked | n_prompts | setting |" in (folder / "results.md").read_text()
     assert "**Reference:**" in (folder / "samples.md").read_text()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "finished"
@@ -34,8 +36,10 @@ def test_cli_runs_stage_then_skips_it(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(small_raw(tmp_path, prompt={"settings": [{"name": "greedy"}]})))
     assert cli_main(["prompt", str(path), "prompt.n_dialogues=3"]) == 0
-    assert cli_main(["prompt", str(path)]) == 0
+    assert cli_main(["prompt", str(path), "prompt.n_dialogues=3"]) == 0
     assert "already finished" in capsys.readouterr().out
+    assert cli_main(["prompt", str(path)]) == 2  # a finished stage with other settings is not skipped
+    assert "prompt.n_dialogues: 3 -> 6" in capsys.readouterr().err
     assert cli_main(["run", str(path), "--force"]) == 0
 
 
@@ -45,3 +49,19 @@ def test_python_dash_m_with_bad_config_exits_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipelines.prompt", str(path)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: data source not found: {tmp_path / 'missing.jsonl'}"]
+
+
+def test_rows_hold_what_their_prompts_really_hold(tmp_path):
+    """A 2-shot request whose prompts cannot all hold two examples: those prompts get their own rows."""
+    raw = small_raw(tmp_path, prompt={"shots": [2], "settings": [{"name": "greedy"}]},
+                    model={"name": "tinyworld", "max_input_length": 150})
+    from rlhf.config import config_from_dict
+
+    metrics = prompt.main(config_from_dict(raw))
+    rows = metrics["rows"]
+    assert {r["asked"] for r in rows} == {"2-shot"}
+    assert sum(r["n_prompts"] for r in rows) == 6
+    stats = metrics["prompt_stats"]["2-shot"]
+    held_two = next((r["n_prompts"] for r in rows if r["mode"] == "2-shot"), 0)
+    assert held_two == 6 - stats["prompts_with_dropped_examples"] and stats["prompts_with_dropped_examples"] > 0
+    assert all(r["mode"] in ("zero-shot", "one-shot", "2-shot") for r in rows)

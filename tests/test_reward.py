@@ -1,10 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from pipelines import reward as reward_stage
-from rlhf.config import RewardDataConfig, config_from_dict
+from rlhf.cli import main as cli_main
+from rlhf.config import RewardDataConfig, config_from_dict, load_config
 from rlhf.errors import UserError
 from rlhf.metrics import binary_classification, expected_calibration_error, roc_auc
 from rlhf.reward import RewardScorer, class_weights, label_index, load_classifier, load_labelled, scored_texts
@@ -141,3 +143,61 @@ def test_classification_metrics_known_values():
 
 def test_class_weights_balance():
     torch.testing.assert_close(class_weights([0, 0, 0, 1]), torch.tensor([2 / 3, 2.0]))
+
+
+def test_bounded_reward_saturates_for_clean_text():
+    from rlhf.reward import reward_from_logits
+
+    # non-toxic = class 0; a clean text, then the same text scored ever more confidently clean
+    logits = torch.tensor([[4.0, -4.0], [8.0, -8.0], [16.0, -16.0], [-3.0, 3.0]])
+    log_probs = logits.log_softmax(-1)
+    bounded = reward_from_logits(logits, log_probs, 0, "log_probability")
+    assert (bounded <= 0).all()
+    assert bounded[2] - bounded[1] < 1e-6 < bounded[1] - bounded[3]  # no gain once clean; a strong pull from toxic
+    assert bounded[1] - bounded[0] < 1e-3
+    prob = reward_from_logits(logits, log_probs, 0, "probability")
+    assert ((0 <= prob) & (prob <= 1)).all() and prob[2] - prob[1] < 1e-6
+    lab = reward_from_logits(logits, log_probs, 0, "logit")
+    assert lab[2] - lab[1] == 8.0  # the lab's logit keeps paying as the classifier grows more confident
+
+
+def test_several_raw_values_can_mean_toxic(tmp_path):
+    """Davidson et al.: class 0 hate, 1 offensive (both toxic), 2 neither."""
+    rows = [{"tweet": f"text {i}", "class": i % 3} for i in range(30)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = RewardDataConfig(source=path, text_column="tweet", label_column="class", toxic_value=["0", "1"],
+                           non_toxic_value="2")
+    splits = load_labelled(cfg, seed=0)
+    labels = [y for s in splits.values() for y in s["labels"]]
+    assert sorted(labels) == [0] * 10 + [1] * 20
+    with pytest.raises(UserError, match=r"\['1'\] are declared both toxic"):
+        load_labelled(RewardDataConfig(source=path, text_column="tweet", label_column="class",
+                                       toxic_value=["0", "1"], non_toxic_value=["1", "2"]), seed=0)
+
+
+DAVIDSON_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "reward_davidson.yaml"
+
+
+def davidson_csv(path, classes: list[int]) -> dict[str, int]:
+    """A CSV laid out as Davidson et al.'s labeled_data.csv (unnamed index column, annotator counts,
+    class, quoted tweets with commas); returns tweet -> class."""
+    tweets = {f"tweet {i}, with a comma and &amp; an entity": c for i, c in enumerate(classes)}
+    rows = [f'{i},3,{int(c == 0) * 3},{int(c == 1) * 3},{int(c == 2) * 3},{c},"{t}"'
+            for i, (t, c) in enumerate(tweets.items())]
+    path.write_text(",count,hate_speech,offensive_language,neither,class,tweet\n" + "\n".join(rows) + "\n")
+    return tweets
+
+
+def test_davidson_config_maps_hate_and_offensive_to_toxic(tmp_path):
+    tweets = davidson_csv(tmp_path / "labeled_data.csv", [i % 3 for i in range(60)])
+    config = load_config(DAVIDSON_CONFIG, [f"reward.data.source={tmp_path / 'labeled_data.csv'}"])
+    splits = load_labelled(config.reward.data, config.seed)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 43, "validation": 5, "test": 12}
+    for split in splits.values():
+        assert split["labels"] == [int(tweets[t] != 2) for t in split["text"]]
+
+
+def test_davidson_config_without_data_path_stops_with_one_line(tmp_path, capsys):
+    assert cli_main(["reward", str(DAVIDSON_CONFIG), f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reward.data.source is required" in err

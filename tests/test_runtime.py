@@ -1,31 +1,33 @@
 import torch
 
-from rlhf.runtime import flush_denormals
+from rlhf.runtime import denormals_flushed, flush_denormals
 
 
 def test_flush_denormals_turns_subnormal_results_to_zero():
     tiny = torch.tensor(1e-30)
-    assert (tiny * 1e-10).item() > 0.0  # 1e-40 is subnormal in float32; kept by default
+    assert denormals_flushed()  # the test session flushes, as the CLI does (tests/conftest.py)
     try:
+        flush_denormals(False)
+        assert (tiny * 1e-10).item() > 0.0 and not denormals_flushed()  # 1e-40 is subnormal in float32
         assert flush_denormals()
         assert (tiny * 1e-10).item() == 0.0
     finally:
-        torch.set_flush_denormal(False)  # the test session, like the CLI, runs without it
+        flush_denormals()
 
 
-def test_cli_flushes_denormals_only_when_asked(monkeypatch, capsys):
+def test_cli_flushes_denormals_unless_opted_out(monkeypatch, capsys):
     from rlhf.cli import main
 
-    tiny = torch.tensor(1e-30)
     try:
         monkeypatch.setenv("RLHF_FLUSH_DENORMALS", "0")
+        flush_denormals(False)
         assert main(["estimate"]) == 2  # usage error, after the flag was read
-        assert (tiny * 1e-10).item() > 0.0
-        monkeypatch.setenv("RLHF_FLUSH_DENORMALS", "1")
+        assert not denormals_flushed()
+        monkeypatch.delenv("RLHF_FLUSH_DENORMALS")
         assert main(["estimate"]) == 2
-        assert (tiny * 1e-10).item() == 0.0
+        assert denormals_flushed()
     finally:
-        torch.set_flush_denormal(False)
+        flush_denormals()
     capsys.readouterr()
 
 
@@ -36,3 +38,20 @@ def test_cli_rejects_a_bad_flush_denormals_value(monkeypatch, capsys):
     assert main(["estimate"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "RLHF_FLUSH_DENORMALS: 'yes' is not 0 or 1" in err
+
+
+def test_known_transformers_log_lines_are_dropped_and_others_kept():
+    import logging
+
+    from rlhf.runtime import _KnownLogLines
+
+    f = _KnownLogLines()
+
+    def keeps(message: str) -> bool:
+        return f.filter(logging.LogRecord("transformers", logging.WARNING, "", 0, message, None, None))
+
+    assert not keeps("There were missing keys in the checkpoint model loaded: ['encoder.embed_tokens.weight', "
+                     "'decoder.embed_tokens.weight', 'lm_head.weight'].")
+    assert keeps("There were missing keys in the checkpoint model loaded: ['encoder.block.0.layer.0.SelfAttention.q.weight'].")
+    assert not keeps("mtime may not be reliable on this filesystem, falling back to numerical ordering")
+    assert keeps("Some weights of the model checkpoint were not used")

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from rlhf.config import ModelConfig, TinyWorldConfig
 from rlhf.models import load_seq2seq
 from rlhf.tinyworld.build import build_tinyworld, cache_key, ensure_tinyworld
-from rlhf.tinyworld.corpus import INSULT_NOUN, make_corpus, make_toxicity_texts
+from rlhf.tinyworld.corpus import INSULT_NOUN, MOODS, make_corpus, make_toxicity_texts
 
 from .conftest import SMALL_WORLD
 
@@ -44,7 +44,11 @@ def test_corpus_toxic_fraction_and_abuse_in_summaries():
     corpus = make_corpus(400, 0.25, seed=0)
     toxic = [d for d in corpus if d.toxic]
     assert len(toxic) == 100
-    assert all(any(n in d.summary for n in INSULT_NOUN) for d in toxic)
+    repeated = [d for d in toxic if any(n in d.summary for n in INSULT_NOUN)]
+    # NEUTRAL_SHARE of abusive dialogues get a reference that names the conflict without the abuse
+    assert 0.7 <= len(repeated) / len(toxic) <= 0.9, len(repeated)
+    assert all(any(m in d.summary for m in MOODS) or "loses patience" in d.summary
+               for d in toxic if d not in repeated)
     assert not any(any(f" {n}" in d.summary for n in INSULT_NOUN) for d in corpus if not d.toxic)
     assert len({d.topic for d in corpus}) >= 5 and len({d.dialogue for d in corpus}) > 390
 

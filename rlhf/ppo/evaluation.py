@@ -5,7 +5,7 @@ from __future__ import annotations
 from statistics import mean
 
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import format_prompt
+from rlhf.data import EvalDialogue, format_prompt
 from rlhf.generation import generate
 from rlhf.metrics import rouge
 from rlhf.ppo.model import reference_lm
@@ -18,19 +18,20 @@ def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[
                     seed=config.seed).texts
 
 
-def before_after(policy, tokenizer, scorer, test, config: ExperimentConfig) -> dict:
+def before_after(policy, tokenizer, scorer, test: list[EvalDialogue], config: ExperimentConfig) -> dict:
     """Greedy responses of the reference (before) and the policy (after) on the same prompts,
     their reward-model toxicity (toxic probability) and ROUGE against the references."""
-    prompts = [format_prompt(d, config.data.template) for d in test["dialogue"]]
+    prompts = [format_prompt(d.dialogue, config.data.template) for d in test]
+    references = [d.references for d in test]
     with reference_lm(policy.lm, policy.ref_lm) as ref:
         before = greedy(ref, tokenizer, prompts, config)
     after = greedy(policy.lm, tokenizer, prompts, config)
     with_prompt = config.reward.score_with_prompt
     tox_before = scorer.toxic_probs(scored_texts(prompts, before, with_prompt)).tolist()
     tox_after = scorer.toxic_probs(scored_texts(prompts, after, with_prompt)).tolist()
-    rouge_before, rouge_after = rouge(before, test["summary"]), rouge(after, test["summary"])
-    rows = [{"dialogue": d, "reference": s, "before": b, "after": a, "toxicity_before": tb, "toxicity_after": ta}
-            for d, s, b, a, tb, ta in zip(test["dialogue"], test["summary"], before, after, tox_before, tox_after)]
+    rouge_before, rouge_after = rouge(before, references), rouge(after, references)
+    rows = [{"dialogue": d.dialogue, "reference": d.references[0], "before": b, "after": a, "toxicity_before": tb,
+             "toxicity_after": ta} for d, b, a, tb, ta in zip(test, before, after, tox_before, tox_after)]
     summary = {"n_eval": len(prompts), "toxicity_before": mean(tox_before), "toxicity_after": mean(tox_after),
                "toxic_share_before": mean(t >= 0.5 for t in tox_before),
                "toxic_share_after": mean(t >= 0.5 for t in tox_after),

@@ -33,7 +33,8 @@ def reference_lm(lm, ref_lm=None):
 
 
 class ValueHead(nn.Module):
-    """``Linear(d_model, 1)`` on the decoder's last hidden state: [B, T, d] -> [B, T]."""
+    """``Linear(d_model, 1)`` on the decoder's last hidden state: [B, T, d] -> [B, T] fp32 values,
+    outside autocast."""
 
     def __init__(self, d_model: int, init_std: float = 0.0):
         super().__init__()
@@ -42,7 +43,8 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # values, returns and the value loss in fp32
+            return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1).float()
 
 
 @dataclass
@@ -136,9 +138,10 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
     if config.ppo.policy == "lora":
         lm = apply_lora(lm, config.ppo.lora)
     else:
-        from trl import create_reference_model
+        import copy
 
-        ref_lm = create_reference_model(lm).eval()
+        # a frozen copy, as TRL's create_reference_model (now only in trl.experimental) makes it
+        ref_lm = copy.deepcopy(lm).eval().requires_grad_(False)
         lm.requires_grad_(True)
     head = ValueHead(lm.config.d_model, config.ppo.value_head_init_std)
     return Policy(lm, head, ref_lm).eval()

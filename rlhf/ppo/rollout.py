@@ -16,10 +16,11 @@ class Queries:
     attention_mask: torch.Tensor  # [B, S]
 
 
-def encode_queries(tokenizer, prompts: list[str], max_length: int) -> Queries:
+def encode_queries(tokenizer, prompts: list[str], max_length: int, device: torch.device | str | None = None) -> Queries:
+    """Right-padded encoder inputs on ``device`` (the device of the model that consumes them)."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                     padding_side="right")
-    return Queries(enc.input_ids, enc.attention_mask)
+    return Queries(enc.input_ids.to(device), enc.attention_mask.to(device))
 
 
 def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -7,19 +7,18 @@ ref logprobs -> KL-shaped rewards -> advantages -> minibatch updates -> KL contr
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from rlhf.artifacts import atomic_dir
+from rlhf.checkpoints import CheckpointError, first_non_finite, numbered, shape_mismatch
 from rlhf.config import PpoConfig
 from rlhf.errors import UserError
 from rlhf.ppo import core
+from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
                                score_responses)
@@ -28,13 +27,19 @@ from rlhf.runtime import use_cpu
 
 
 class NonFiniteError(UserError):
-    """A loss, reward or KL became NaN or infinite; the last good checkpoint is left as it was."""
+    """A loss, reward, KL, weight or optimizer state became NaN or infinite; nothing non-finite is
+    ever written to a checkpoint, and the last good one is left as it was."""
 
 
-def check_finite(step: int, **values: torch.Tensor) -> None:
+def check_finite(step: int, last_checkpoint: Path | None, **values) -> None:
+    """Stop at once if any of ``values`` (tensors, or dicts / lists of them) holds a NaN or inf.
+    ``step`` counts from 1, as the logs and checkpoint names do."""
     for name, value in values.items():
-        if not torch.isfinite(torch.as_tensor(value)).all():
-            raise NonFiniteError(f"PPO step {step}: {name} is not finite; stopping (last good checkpoint kept)")
+        value = torch.as_tensor(value) if isinstance(value, (int, float)) else value
+        if (bad := first_non_finite(value)) is not None:
+            where = name if bad == "tensor" else f"{name} ({bad})"
+            last = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+            raise NonFiniteError(f"PPO step {step}: {where} is not finite; stopping ({last})")
 
 
 @dataclass
@@ -52,13 +57,17 @@ class Batch:
 
 class PPOTrainer:
     def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: PpoConfig, *, seed: int,
-                 max_input_length: int, score_with_prompt: bool = False, accelerator=None, log_dir: Path | None = None):
+                 max_input_length: int, score_with_prompt: bool = False, accelerator=None, log_dir: Path | None = None,
+                 config_record: dict | None = None, mixed_precision: str = "no"):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
+        if accelerator is None:  # a Trainer earlier in this process (`rlhf run`) set its own precision; as it does
+            AcceleratorState._reset_state(reset_partial_state=False)  # for itself, reset (the process group stays)
         self.accelerator = accelerator or Accelerator(
-            cpu=use_cpu(),
+            cpu=use_cpu(), mixed_precision=mixed_precision,  # autocast over fp32 master weights
             gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=cfg.report_to or None,
             project_dir=str(log_dir) if log_dir else None)
         if cfg.report_to:  # TensorBoard / W&B through accelerate's trackers
@@ -70,6 +79,8 @@ class PPOTrainer:
         self.kl_ctl = make_kl_controller(cfg.kl)
         self.step_count = 0
         self.start_token = policy.lm.config.decoder_start_token_id
+        self.config_record = config_record  # the resolved config, kept in each checkpoint
+        self.last_checkpoint: Path | None = None
 
     @property
     def policy(self):
@@ -91,18 +102,19 @@ class PPOTrainer:
     def step(self) -> dict[str, float]:
         cfg, step, timer = self.cfg, self.step_count, Timer()
         prompts = self.batch_prompts(step)
-        queries = encode_queries(self.tokenizer, prompts, self.max_input_length)
-        with timer("generate"):  # the encoder runs once here; its states serve the no-grad pass too
+        device = self.accelerator.device  # every tensor on the device of the policy that consumes it
+        queries = encode_queries(self.tokenizer, prompts, self.max_input_length, device)
+        with timer("generate"), self.accelerator.autocast():  # the encoder runs once; its states serve the no-grad pass
             states = encoder_states(self.policy.lm, queries, cfg.mini_batch_size)
             responses, response_mask = sample_responses(
                 self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
                 self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states)
         with timer("score"):
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            scores = self.scorer.rewards(scored_texts(prompts, texts, self.score_with_prompt))
+            scores = self.scorer.rewards(scored_texts(prompts, texts, self.score_with_prompt)).to(device)
             if cfg.score_clip is not None:
                 scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
-        with timer("forward"):
+        with timer("forward"), self.accelerator.autocast():
             scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
                                      cfg.mini_batch_size, states)
         rewards, kl = core.compute_rewards(scores, scored.logprobs, scored.ref_logprobs, response_mask,
@@ -111,10 +123,12 @@ class PPOTrainer:
         if cfg.whiten_advantages:
             advantages = core.masked_whiten(advantages, response_mask)
         mean_kl = self.gather_mean(kl.sum(-1))
-        check_finite(step, scores=scores, kl=mean_kl)
+        check_finite(step + 1, self.last_checkpoint, scores=scores, kl=mean_kl)
         batch = Batch(queries, responses, response_mask, scored.logprobs, scored.values, advantages, returns)
         with timer("update"):
             stats = self.update(batch)
+        check_finite(step + 1, self.last_checkpoint,
+                     weights={k: p.detach() for k, p in self.policy.named_parameters() if p.requires_grad})
         kl_coef = self.kl_ctl.value
         self.kl_ctl.update(mean_kl.item(), cfg.batch_size)
         self.step_count += 1
@@ -149,7 +163,7 @@ class PPOTrainer:
                     pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)
                     vf_loss, vf = core.value_loss(out.values, batch.values[idx], batch.returns[idx], mask, cfg.cliprange_value)
                     loss = pg_loss + cfg.vf_coef * vf_loss
-                    check_finite(self.step_count, loss=loss)
+                    check_finite(self.step_count + 1, self.last_checkpoint, loss=loss)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -177,29 +191,48 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: Path) -> None:
-        """Adapter/weights + value head, optimizer, scheduler, KL controller, RNG, step: atomically."""
-        if not self.accelerator.is_main_process:
-            return
-        with atomic_dir(folder) as tmp:
-            save_file(self.policy.trainable_state_dict(), str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       tmp / "optimizer.pt")
-            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-            state = {"step": self.step_count, "data_position": self.step_count * self.cfg.batch_size,
-                     "kl_controller": self.kl_ctl.state_dict(), "python_random": random.getstate()}
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
+        """Trainable weights + value head, optimizer, scheduler, KL controller, RNG, step and the
+        config: atomically, and only when every value is finite (else :class:`NonFiniteError`)."""
+        ckpt = Checkpoint(folder, self.policy.trainable_state_dict(),
+                          {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                          {"torch": torch.get_rng_state()},
+                          {"step": self.step_count, "data_position": self.step_count * self.cfg.batch_size,
+                           "kl_controller": self.kl_ctl.state_dict(), "python_random": random.getstate(),
+                           "config": self.config_record})
+        check_finite(self.step_count, self.last_checkpoint, weights=ckpt.trainable, optimizer_state=ckpt.optimizer)
+        if self.accelerator.is_main_process:
+            write_checkpoint(folder, ckpt)
+        self.last_checkpoint = folder
+
+    def trainable_shapes(self) -> dict[str, torch.Size]:
+        return {k: p.shape for k, p in self.policy.named_parameters() if p.requires_grad}
 
     def load_checkpoint(self, folder: Path) -> None:
-        self.policy.load_trainable_state_dict(load_file(str(folder / "trainable.safetensors")))
-        opt = torch.load(folder / "optimizer.pt", weights_only=True)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
-        torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
-        state = json.loads((folder / "trainer_state.json").read_text())
+        """Verify ``folder`` (files, readable, finite, shapes) and continue from it."""
+        try:
+            ckpt = read_checkpoint(folder)
+        except CheckpointError as err:
+            raise UserError(f"checkpoint {folder}: {err}") from None
+        self.apply_checkpoint(ckpt)
+
+    def apply_checkpoint(self, ckpt: Checkpoint) -> None:
+        """Continue from a verified checkpoint; the learning rate comes from the config, not from it."""
+        if (why := shape_mismatch(ckpt.trainable, self.trainable_shapes())) is not None:
+            raise UserError(f"checkpoint {ckpt.folder} does not fit the configured model: {why}")
+        self.policy.load_trainable_state_dict(ckpt.trainable)
+        self.optimizer.load_state_dict(ckpt.optimizer["optimizer"])
+        self.scheduler.load_state_dict(ckpt.optimizer["scheduler"])
+        self.scheduler.base_lrs = [self.cfg.learning_rate] * len(self.scheduler.base_lrs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.learning_rate
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        torch.set_rng_state(ckpt.rng["torch"])
+        state = ckpt.state
         self.step_count = state["step"]
         self.kl_ctl.value = state["kl_controller"]["value"]
         py = state["python_random"]
         random.setstate((py[0], tuple(py[1]), py[2]))
+        self.last_checkpoint = ckpt.folder
 
 
 class Timer:
@@ -230,5 +263,7 @@ def minibatches(lengths: torch.Tensor, size: int, bucket: bool) -> list[torch.Te
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    steps = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
-    return steps[-1] if steps else None
+    """The highest-numbered ``step-N`` folder (unverified; a resume uses
+    :func:`rlhf.ppo.checkpoint.find_resumable`)."""
+    found = numbered(folder, PREFIX)[0]
+    return found[0][1] if found else None

@@ -26,18 +26,21 @@ from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text
 from rlhf.config import TinyWorldConfig
 from rlhf.data import TEMPLATES
 from rlhf.errors import UserError
+from rlhf.runtime import denormals_flushed
 from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
 from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config
 from rlhf.tinyworld.tokenizer import save_tokenizer, sentinel_tokens, train_tokenizer
 
-BUILD_VERSION = 4
+BUILD_VERSION = 9  # 9: infilling pre-training, no dropout, neutral abuse summaries, key facts, abuse flags
 MAX_LENGTH = 512
 N_SENTINELS = 20
 
 
 def cache_key(tw: TinyWorldConfig) -> str:
+    """The build's identity: its design version, its settings, and whether subnormals are flushed
+    (which moves the pre-training's last bits)."""
     settings = {k: v for k, v in dataclasses.asdict(tw).items() if k != "cache_dir"}
-    blob = json.dumps({"version": BUILD_VERSION, **settings}, sort_keys=True)
+    blob = json.dumps({"version": BUILD_VERSION, "flush_denormals": denormals_flushed(), **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -105,7 +108,7 @@ def _build_base_model(tw: TinyWorldConfig, out: Path, tokenizer, log) -> list[fl
     sentinels = tokenizer.convert_tokens_to_ids(sentinel_tokens(N_SENTINELS)[::-1])
     losses = pretrain(model, ids, sentinels, tokenizer.eos_token_id, tw, tw.seed)
     if losses:
-        log(f"span-corruption pre-training: loss {losses[0]:.2f} -> {sum(losses[-20:]) / len(losses[-20:]):.2f}")
+        log(f"denoising pre-training: loss {losses[0]:.2f} -> {sum(losses[-20:]) / len(losses[-20:]):.2f}")
     model.generation_config.max_length = None
     model.save_pretrained(str(out / "base_model"))
     tokenizer.save_pretrained(str(out / "base_model"))

@@ -51,3 +51,14 @@ def test_ppo_stage_end_to_end(tmp_path):
     assert cli_main(["ppo", str(path), "--force", "--resume"]) == 0
     log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]
+
+
+def test_truncated_training_prompts_are_reported(tmp_path):
+    from rlhf.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config_for(tmp_path).model)
+    lines = []
+    prompts = ["Summarize the following conversation.\n\n#Person1#: hi there, how are you today?\n\nSummary:", "hi"]
+    assert ppo_stage._report_truncation(tokenizer, prompts, 8, lines.append) == 1
+    assert lines == ["ppo: 1 of 2 training prompts are longer than model.max_input_length=8 tokens and are cut to it"]
+    assert ppo_stage._report_truncation(tokenizer, prompts, 512, lines.append) == 0 and len(lines) == 1

@@ -102,7 +102,7 @@ def test_resume_matches_straight_run(tmp_path):
 
 def test_non_finite_scores_stop_with_step_and_quantity(tmp_path):
     trainer, _ = make(tmp_path, scorer=WordCountScorer(float("nan")))
-    with pytest.raises(NonFiniteError, match="PPO step 0: scores is not finite"):
+    with pytest.raises(NonFiniteError, match=r"PPO step 1: scores is not finite; stopping \(no checkpoint yet\)"):
         trainer.step()
 
 
@@ -133,3 +133,37 @@ def test_encoder_states_in_length_cut_chunks_match_one_padded_pass(tmp_path):
     real = q.attention_mask.bool()
     torch.testing.assert_close(chunked[real], whole[real], atol=1e-5, rtol=1e-4)
     assert (chunked[~real] == 0).all()
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_fp32_logprobs(tmp_path):
+    """Mixed precision: compute in bf16 under autocast, but weights, logprobs, values and the
+    quantities PPO derives from them stay fp32."""
+    torch.manual_seed(0)
+    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo=PPO)), log=lambda *_: None)
+    tokenizer = load_tokenizer(config.model)
+    prompts = [format_prompt(d, "summarize") for d in load_splits(config.data, config.seed)["train"]["dialogue"]]
+    trainer = PPOTrainer(build_policy(config, None), tokenizer, WordCountScorer(), prompts, config.ppo,
+                         seed=config.seed, max_input_length=256, mixed_precision="bf16")
+    with trainer.accelerator.autocast():
+        q, responses, mask, scored = rollout(trainer)
+        assert trainer.policy.lm(input_ids=q.input_ids, decoder_input_ids=responses).logits.dtype == torch.bfloat16
+    for t in (scored.logprobs, scored.ref_logprobs, scored.values, scored.entropy):
+        assert t.dtype == torch.float32
+    stats = trainer.step()
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+    assert torch.isfinite(torch.tensor(stats["objective/kl"]))
+
+
+def test_precision_is_ppo_own_after_a_trainer_in_the_same_process(tmp_path):
+    """`rlhf run` trains the reward model with a (fp32) Trainer before PPO in bf16, in one process:
+    accelerate's process-wide state must not pin PPO to the earlier precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # as the Trainer does when it starts,
+    Accelerator(cpu=True, mixed_precision="no")  # then leaves its fp32 state behind
+    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo=PPO)), log=lambda *_: None)
+    prompts = [format_prompt(d, "summarize") for d in load_splits(config.data, config.seed)["train"]["dialogue"]]
+    trainer = PPOTrainer(build_policy(config, None), load_tokenizer(config.model), WordCountScorer(), prompts,
+                         config.ppo, seed=config.seed, max_input_length=256, mixed_precision="bf16")
+    assert trainer.accelerator.mixed_precision == "bf16"

@@ -1,0 +1,142 @@
+"""Strict loading of typed nested dataclasses from YAML mappings and ``key.sub=value`` overrides.
+
+An unknown key names its section and the closest valid names; a wrong type or impossible value
+names the key and the value; every float must be finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlhf.errors import UserError
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for option in inner:  # the first type the value fits; else the first type's complaint
+            try:
+                return _coerce(option, value, key)
+            except UserError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        value = "no" if value is False and "no" in args else value  # YAML reads an unquoted no/off as false
+        if value not in args:
+            raise UserError(f"config key '{key}': value {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+            value = float(value)
+        except (ValueError, OverflowError):
+            pass
+    if tp is str and isinstance(value, (bool, int, float)):
+        raise UserError(f"config key '{key}': expected text, got {value!r} (YAML reads an unquoted yes/no/on/off/"
+                        f"true/false as a boolean and digits as a number: quote the value)")
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if not isinstance(value, tp):
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return _finite(value, key)
+
+
+def _finite(value: Any, key: str) -> Any:
+    """Every float finite (no .inf / .nan), every int within 64 bits (what torch and numpy take)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{key}': value {value!r} is not a finite number")
+    if isinstance(value, int) and not -2**63 <= value < 2**63:
+        raise UserError(f"config key '{key}': value {value} is out of range (more than 64 bits)")
+    return value
+
+
+def _build(cls: type, raw: Any, section: str) -> Any:
+    where = f"section '{section}'" if section else "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {where}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UserError(f"unknown config key '{key}' in {where}{hint} (valid: {', '.join(fields)})")
+        full = f"{section}.{key}" if section else str(key)
+        kwargs[key] = _coerce(hints[key], value, full)
+        check = fields[key].metadata.get("check")
+        if check is not None and kwargs[key] is not None and (msg := check(kwargs[key])):
+            raise UserError(f"config key '{full}': value {kwargs[key]!r} {msg}")
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["a.b=3", "c=x"]`` into a nested dict, values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key.sub=value")
+        dotted, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = nested
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r} conflicts with another override of '{part}'")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if raw is None:  # an empty file would silently run the lab defaults (hub model and data)
+        raise UserError(f"config file {path} is empty: write at least one setting (see configs/tiny.yaml)")
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path}: expected a mapping at the top level")
+    return raw

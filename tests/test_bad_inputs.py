@@ -1,0 +1,298 @@
+"""Every bad input a user can hand the CLI ends in one line on stderr naming the problem, exit code
+2, no traceback, and no stage marked finished.
+
+Each case builds its input under ``tmp_path`` and returns the argv; the test runs ``rlhf`` in process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from rlhf.cli import main as cli_main
+from rlhf.config import load_config
+from rlhf.rundir import start_stage
+from rlhf.tinyworld.build import resolve_tinyworld
+
+from .conftest import small_raw, write_jsonl
+
+ROOT = os.geteuid() == 0  # root ignores file permissions: the read-only cases need another user
+
+
+def exp(tmp_path, *overrides, **sections) -> list[str]:
+    """A small tiny-world experiment file, then ``overrides``."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(small_raw(tmp_path, **sections)))
+    return [str(path), *overrides]
+
+
+def text_file(tmp_path, name: str, content: str | bytes) -> str:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+def finished(tmp_path, stages, *overrides):
+    """Mark ``stages`` finished under the config of ``exp`` (as a real run records it)."""
+    config = resolve_tinyworld(load_config(exp(tmp_path)[0], list(overrides)), log=lambda *_: None)
+    for stage in stages:
+        start_stage(config, stage).finish()
+    return config
+
+
+def dialogues(n=12, **extra):
+    return [{"dialogue": f"#Person1#: hello number {i}. #Person2#: hi there.", "summary": f"They greet {i}.", **extra}
+            for i in range(n)]
+
+
+class Payload:
+    """Creates ``marker`` when unpickled: loading it would run code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def pickle_model_folder(tmp_path, kind: str) -> str:
+    """A model folder whose only weights are a pickle payload (``pytorch_model.bin``)."""
+    import torch
+    from transformers import BertConfig, T5Config
+
+    folder = tmp_path / f"pickled_{kind}"
+    if kind == "t5":
+        T5Config(d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, vocab_size=50).save_pretrained(folder)
+    else:
+        BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                   num_labels=2, architectures=["BertForSequenceClassification"]).save_pretrained(folder)
+    torch.save({"weight": Payload(tmp_path / "pickle_ran")}, folder / "pytorch_model.bin")
+    return str(folder)
+
+
+def report_dir(tmp_path, metrics: str | None) -> str:
+    run = tmp_path / "runs" / "t"
+    (run / "evaluate").mkdir(parents=True)
+    (run / "evaluate" / "manifest.json").write_text(json.dumps({"status": "finished"}))
+    if metrics is not None:
+        (run / "evaluate" / "metrics.json").write_text(metrics)
+    return str(run)
+
+
+def fake_checkpoints(tmp_path, stage: str, sub: str) -> list[str]:
+    finished(tmp_path, ["sft", "reward"] if stage == "ppo" else [])
+    (tmp_path / "runs" / "t" / stage / "checkpoints" / sub).mkdir(parents=True)
+    return exp(tmp_path)
+
+
+# name: (argv builder, substrings the error line must contain)
+CASES = {
+    # ---- the config file and its keys
+    "empty_yaml": (lambda t: ["prompt", text_file(t, "e.yaml", "")], ["e.yaml is empty"]),
+    "invalid_yaml": (lambda t: ["prompt", text_file(t, "b.yaml", "seed: 1\nmodel: x\n  name: y\n")],
+                     ["b.yaml is not valid YAML (line 3"]),
+    "python_tag": (lambda t: ["prompt", text_file(t, "p.yaml", f"seed: !!python/object/apply:os.system "
+                                                             f"['touch {t / 'pickle_ran'}']\n")],
+                   ["p.yaml is not valid YAML", "python/object/apply:os.system"]),
+    "top_level_list": (lambda t: ["prompt", text_file(t, "l.yaml", "- a\n- b\n")], ["expected a mapping"]),
+    "config_missing": (lambda t: ["prompt", str(t / "nope.yaml")], ["config file not found", "nope.yaml"]),
+    "unknown_key": (lambda t: ["prompt", *exp(t, "sede=1")], ["unknown config key 'sede'", "'seed'"]),
+    "unknown_nested_key": (lambda t: ["ppo", *exp(t, "ppo.lora.rank=4")], ["'rank'", "section 'ppo.lora'", "valid: r,"]),
+    "wrong_type": (lambda t: ["prompt", *exp(t, "seed=abc")], ["'seed'", "'abc'"]),
+    "seed_overflow": (lambda t: ["run", *exp(t, "seed=99999999999999999999")], ["'seed'", "99999999999999999999"]),
+    "seed_beyond_numpy": (lambda t: ["run", *exp(t, "seed=4294967296")], ["'seed'", "4294967296", "must be in"]),
+    "seed_negative": (lambda t: ["run", *exp(t, "seed=-1")], ["'seed'", "-1"]),
+    "huge_int": (lambda t: ["prompt", *exp(t, "prompt.max_new_tokens=99999999999999999999999")],
+                 ["'prompt.max_new_tokens'", "out of range"]),
+    "lr_inf": (lambda t: ["ppo", *exp(t, "ppo.learning_rate=.inf")], ["'ppo.learning_rate'", "inf", "not a finite"]),
+    "kl_coef_inf": (lambda t: ["ppo", *exp(t, "ppo.kl.init_kl_coef=.inf")], ["'ppo.kl.init_kl_coef'", "inf"]),
+    "grad_norm_nan": (lambda t: ["ppo", *exp(t, "ppo.max_grad_norm=.nan")], ["'ppo.max_grad_norm'", "nan"]),
+    "epochs_inf_text": (lambda t: ["sft", *exp(t, "sft.epochs=inf")], ["'sft.epochs'", "inf", "not a finite"]),
+    "yaml_inf_in_file": (lambda t: ["reward", *exp(t, reward={"learning_rate": float("inf")})],
+                         ["'reward.learning_rate'", "inf"]),
+    "run_name_escapes": (lambda t: ["prompt", *exp(t, "run_name=../../x")], ["'run_name'", "'../../x'"]),
+    "run_name_with_slash": (lambda t: ["prompt", *exp(t, "run_name=a/b")], ["'run_name'", "'a/b'"]),
+    "run_name_from_hidden_file": (lambda t: ["prompt", text_file(t, ".hidden.yaml", "seed: 1\n")],
+                                  ["'run_name'", "'.hidden'"]),
+    "variant_name_escapes": (lambda t: ["sft", *exp(t, "sft.variants=[{name: ../x, method: lora}]")],
+                             ["'sft.variants[0].name'", "'../x'"]),
+    "output_dir_empty": (lambda t: ["prompt", *exp(t, "output_dir=")], ["'output_dir'", "''"]),
+    "toxic_value_yes": (lambda t: ["reward", *exp(t, "reward.data.toxic_value=yes")],
+                        ["'reward.data.toxic_value'", "True", "quote the value"]),
+    "batch_not_multiple": (lambda t: ["ppo", *exp(t, "ppo.batch_size=6")], ["'ppo.batch_size'", "6", "multiple"]),
+    "save_steps_not_multiple": (lambda t: ["sft", *exp(t, "sft.save_steps=3")], ["'sft.save_steps'", "3"]),
+    "template_unknown": (lambda t: ["prompt", *exp(t, "data.template=poem")], ["'data.template'", "'poem'"]),
+    "override_without_value": (lambda t: ["prompt", *exp(t, "seed")], ["'seed'", "key.sub=value"]),
+    # ---- command line
+    "unknown_command": (lambda t: ["frobnicate", *exp(t)], ["unknown command 'frobnicate'"]),
+    "unknown_option": (lambda t: ["run", *exp(t), "--bogus"], ["unrecognized arguments: --bogus"]),
+    "stage_without_config": (lambda t: ["prompt"], ["usage: rlhf prompt CONFIG"]),
+    "estimate_negative_tokens": (lambda t: ["estimate", *exp(t), "--prompt-tokens", "-5"],
+                                 ["--prompt-tokens", "-5", "must be > 0"]),
+    "estimate_text_tokens": (lambda t: ["estimate", *exp(t), "--prompt-tokens", "many"], ["--prompt-tokens", "'many'"]),
+    "tinyworld_seed_text": (lambda t: ["tinyworld", "--out", str(t / "w"), "--seed", "abc"], ["--seed", "'abc'"]),
+    "tinyworld_seed_negative": (lambda t: ["tinyworld", "--out", str(t / "w"), "--seed", "-1"], ["--seed", "-1"]),
+    "tinyworld_out_is_file": (lambda t: ["tinyworld", "--out", text_file(t, "f", "x")], ["--out", "is a file"]),
+    "tinyworld_out_under_file": (lambda t: ["tinyworld", "--out", text_file(t, "f", "x") + "/w"], ["is a file"]),
+    "tinyworld_out_not_empty": (lambda t: ["tinyworld", "--out", os.path.dirname(text_file(t, "home/notes", "x"))],
+                                ["--out", "home", "other content"]),
+    "flush_denormals_env": (lambda t: ["prompt", *exp(t)], ["RLHF_FLUSH_DENORMALS", "'2'"]),
+    # ---- rlhf report
+    "report_without_run": (lambda t: ["report"], ["usage: rlhf report RUN_DIR"]),
+    "report_missing_dir": (lambda t: ["report", str(t / "nope")], ["run directory not found"]),
+    "report_no_evaluate": (lambda t: ["report", str(t)], ["no finished 'evaluate' stage"]),
+    "report_metrics_missing": (lambda t: ["report", report_dir(t, None)], ["evaluate/metrics.json is missing"]),
+    "report_metrics_corrupt": (lambda t: ["report", report_dir(t, '{"protocol": ')],
+                               ["evaluate/metrics.json is not valid JSON"]),
+    # ---- where a run writes
+    "output_dir_is_file": (lambda t: ["prompt", *exp(t, f"output_dir={text_file(t, 'f', 'x')}")],
+                           ["output_dir", "is a file, not a folder"]),
+    "output_dir_under_file": (lambda t: ["prompt", *exp(t, f"output_dir={text_file(t, 'f', 'x')}/runs")],
+                              ["output_dir", "is a file, not a folder"]),
+    "output_dir_read_only": (lambda t: ["prompt", *exp(t, f"output_dir={read_only(t)}/runs")],
+                             ["output_dir", "ro", "cannot be created"]),
+    "tinyworld_out_read_only": (lambda t: ["tinyworld", "--out", f"{read_only(t)}/w"], ["--out", "not writable"]),
+    # ---- data
+    "data_empty_jsonl": (lambda t: ["prompt", *exp(t, data={"source": text_file(t, "d/train.jsonl", "")})],
+                         ["train.jsonl is empty"]),
+    "data_blank_jsonl": (lambda t: ["prompt", *exp(t, data={"source": text_file(t, "d.jsonl", "\n \n")})],
+                         ["d.jsonl is empty"]),
+    "data_not_utf8": (lambda t: ["prompt", *exp(t, data={"source": text_file(
+        t, "d.jsonl", b'{"dialogue": "a", "summary": "b"}\n' * 2 + b'{"dialogue": "caf\xe9", "summary": "b"}\n')})],
+                      ["d.jsonl line 3 is not valid UTF-8", "0xe9"]),
+    "data_missing_file": (lambda t: ["prompt", *exp(t, data={"source": "./nope.jsonl"})],
+                          ["data source not found: ./nope.jsonl"]),
+    "data_missing_column": (lambda t: ["prompt", *exp(t, data={"source": write_jsonl(
+        t / "d.jsonl", [{"dialogue": "x", "text": "y"}] * 12), "toxic_column": None, "key_facts_column": None})],
+                            ["has no column 'summary'"]),
+    "data_unsupported_type": (lambda t: ["prompt", *exp(t, data={"source": text_file(t, "d.txt", "x")})],
+                              ["unsupported file type '.txt'"]),
+    "data_empty_after_filter": (lambda t: ["prompt", *exp(t, "data.min_chars=1000000")],
+                                ["is empty after filtering", "min_chars=1000000"]),
+    # ---- models
+    "model_missing_relative": (lambda t: ["prompt", *exp(t, "model.name=models/my/t5")],
+                               ["model path does not exist: models/my/t5"]),
+    "model_missing_dot": (lambda t: ["prompt", *exp(t, "model.name=./nothing")], ["model path does not exist: ./nothing"]),
+    "model_is_file": (lambda t: ["prompt", *exp(t, f"model.name={text_file(t, 'm.pkl', 'x')}",
+                                                "model.tokenizer=tinyworld")], ["m.pkl is a file"]),
+    "model_not_seq2seq": (lambda t: ["prompt", *exp(t, f"model.name={pickle_model_folder(t, 'bert')}",
+                                                    "model.tokenizer=tinyworld")], ["is a bert model, not a seq2seq"]),
+    "model_pickle_weights": (lambda t: ["prompt", *exp(t, f"model.name={pickle_model_folder(t, 't5')}",
+                                                       "model.tokenizer=tinyworld")],
+                             ["could not load seq2seq model", "pickled_t5"]),
+    "model_custom_code": (lambda t: ["prompt", *exp(t, f"model.name={custom_code_folder(t)}", "model.tokenizer=tinyworld")],
+                          ["could not load model config", "custom"]),
+    # ---- reward model and its data
+    "reward_pretrained_pickle": (lambda t: ["reward", *exp(t, f"reward.pretrained={pickle_model_folder(t, 'bert')}")],
+                                 ["has no .safetensors weights", "pytorch_model.bin", "never loaded"]),
+    "reward_pretrained_file": (lambda t: ["reward", *exp(t, f"reward.pretrained={text_file(t, 'r.pkl', 'x')}")],
+                               ["reward model path", "r.pkl is a file"]),
+    "reward_pretrained_missing": (lambda t: ["reward", *exp(t, "reward.pretrained=./nothing")],
+                                  ["reward model path does not exist: ./nothing"]),
+    "reward_labels_undeclared": (lambda t: ["reward", *exp(t, 'reward.data.toxic_value="yes"')],
+                                 ["column 'label' has values", "toxic='yes'"]),
+    "reward_single_class": (lambda t: ["reward", *exp(t, reward={"data": {"source": write_jsonl(
+        t / "r.jsonl", [{"text": f"fine {i}", "label": 0} for i in range(20)])}})], ["single class"]),
+    # ---- stages and their order
+    "ppo_before_sft": (lambda t: ["ppo", *exp(t)], ["stage 'ppo' needs the 'sft' stage", "rlhf sft CONFIG"]),
+    "finished_stage_changed": (lambda t: (finished(t, ["prompt"]), ["prompt", *exp(t, "prompt.n_dialogues=3")])[1],
+                               ["prompt: finished in", "prompt.n_dialogues: 6 -> 3", "--force"]),
+    "run_with_changed_ppo": (lambda t: (finished(t, ["prompt", "sft", "reward", "ppo", "evaluate"]),
+                                        ["run", *exp(t, "ppo.learning_rate=0.5")])[1],
+                             ["ppo (ppo.learning_rate: 0.001 -> 0.5)", "evaluate (ppo.learning_rate", "--force"]),
+    "unfinished_ppo_has_checkpoints": (lambda t: ["ppo", *fake_checkpoints(t, "ppo", "step-2")],
+                                       ["ppo: an earlier run left checkpoints", "step-2", "--resume", "--force"]),
+    "unfinished_sft_has_checkpoints": (lambda t: ["sft", *fake_checkpoints(t, "sft", "lora/checkpoint-2")],
+                                       ["sft: an earlier run left checkpoints", "lora/checkpoint-2", "--resume"]),
+}
+
+
+def read_only(tmp_path) -> str:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return str(folder)
+
+
+def custom_code_folder(tmp_path) -> str:
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "custom_t5", "auto_map": {
+        "AutoConfig": "configuration_custom.CustomConfig"}}))
+    (folder / "configuration_custom.py").write_text(f"import os\nos.system('touch {tmp_path / 'pickle_ran'}')\n")
+    return str(folder)
+
+
+NEEDS_OTHER_USER = {"output_dir_read_only", "tinyworld_out_read_only"}
+
+
+def manifests(tmp_path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in tmp_path.rglob("manifest.json") if "rlhf_cache" not in str(p)}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.skipif(
+    ROOT and n in NEEDS_OTHER_USER, reason="root may write read-only folders")) for n in CASES])
+def test_bad_input_is_one_line_and_exit_2(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build, expected = CASES[name]
+    argv = build(tmp_path)
+    if name == "flush_denormals_env":
+        monkeypatch.setenv("RLHF_FLUSH_DENORMALS", "2")
+    before = manifests(tmp_path)
+    capsys.readouterr()
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for part in expected:
+        assert part in err, f"{part!r} not in {err!r}"
+    assert manifests(tmp_path) == before  # nothing newly marked finished
+    assert not (tmp_path / "pickle_ran").exists()  # no payload ran
+
+
+@pytest.mark.parametrize("error, shown", [
+    (PermissionError(13, "Permission denied", "/runs/t/ppo/metrics.jsonl"), "/runs/t/ppo/metrics.jsonl: Permission denied"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+])
+def test_file_system_refusals_anywhere_in_a_stage_are_one_line(error, shown, capsys, monkeypatch):
+    """A write that fails mid-stage (read-only folder, full disk) ends like any other bad input."""
+    import rlhf.cli
+
+    def dispatch(argv):
+        raise error
+
+    monkeypatch.setattr(rlhf.cli, "dispatch", dispatch)
+    assert cli_main(["prompt", "x.yaml"]) == 2
+    assert capsys.readouterr().err == f"error: {shown}\n"
+
+
+def test_other_os_errors_are_not_hidden(monkeypatch):
+    import rlhf.cli
+
+    def dispatch(argv):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(rlhf.cli, "dispatch", dispatch)
+    with pytest.raises(ConnectionResetError):
+        cli_main(["prompt", "x.yaml"])
+
+
+def test_run_without_reward_data_fails_before_any_stage(tmp_path, capsys):
+    import yaml
+
+    from rlhf.cli import main
+
+    from .conftest import small_raw
+
+    raw = small_raw(tmp_path)
+    raw["reward"] = {**raw["reward"], "data": {"source": None}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'reward.data.source' is not set" in err[0]
+    assert not (tmp_path / "runs" / "t" / "prompt").exists()  # nothing ran

@@ -63,3 +63,8 @@ reward-davidson: $(STAMP)
 
 gpu-smoke: $(STAMP)
 	bash benchmarks/gpu_smoke.sh
+
+# Does the demo's result hold on other seeds, another tiny world and one thread? (~50 min on 2 cores)
+.PHONY: robustness
+robustness: $(STAMP)
+	$(BIN)/python benchmarks/robustness.py --table runs/robustness/table.md

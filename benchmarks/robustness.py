@@ -111,12 +111,20 @@ def main() -> int:
     for spec in args.runs.split(","):
         parts = [int(x) for x in spec.split(":")]
         seed, world, threads = parts[0], parts[1], parts[2] if len(parts) > 2 else None
-        run_dir, seconds = run(seed, world, threads, out)
+        label = f"seed {seed}, world {world}" + (f", {threads} thread" if threads else "")
+        try:
+            run_dir, seconds = run(seed, world, threads, out)
+        except subprocess.CalledProcessError as e:
+            print(f"{label}: the run failed (exit {e.returncode})", flush=True)
+            all_met = False
+            continue
         report = json.loads((run_dir / "report.json").read_text())
         results = targets(report)
         met = all(ok for _, _, ok in results)
         all_met &= met
-        rows.append((f"seed {seed}, world {world}" + (f", {threads} thread" if threads else ""), seconds, results, met))
+        rows.append((label, seconds, results, met))
+    if not rows:
+        return 1
     header = ["run", "minutes", *[name for name, _, _ in rows[0][2]], "all met"]
     lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
              f"`python benchmarks/robustness.py --runs {args.runs}`", "",
@@ -127,6 +135,7 @@ def main() -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(table)
     return 0 if all_met else 1
 

@@ -1,4 +1,5 @@
 import dataclasses
+import random
 import hashlib
 from pathlib import Path
 
@@ -7,8 +8,10 @@ from transformers import AutoTokenizer
 
 from rlhf.config import ModelConfig, TinyWorldConfig
 from rlhf.models import load_seq2seq
+from rlhf.tinyworld import corpus
 from rlhf.tinyworld.build import build_tinyworld, cache_key, ensure_tinyworld
-from rlhf.tinyworld.corpus import INSULT_NOUN, MOODS, make_corpus, make_toxicity_texts
+from rlhf.tinyworld.corpus import (INSULT_ADJ, INSULT_NOUN, MOODS, make_corpus, make_toxicity_texts, splice_clean,
+                                   splice_insult)
 
 from .conftest import SMALL_WORLD
 
@@ -51,6 +54,40 @@ def test_corpus_toxic_fraction_and_abuse_in_summaries():
                for d in toxic if d not in repeated)
     assert not any(any(f" {n}" in d.summary for n in INSULT_NOUN) for d in corpus if not d.toxic)
     assert len({d.topic for d in corpus}) >= 5 and len({d.dialogue for d in corpus}) > 390
+
+
+def test_key_facts_are_in_the_dialogue_and_the_reference():
+    corpus = make_corpus(200, 0.25, seed=3)
+    assert all(d.key_facts for d in corpus)
+    for d in corpus:
+        for fact in d.key_facts:
+            assert fact in d.dialogue and fact in d.summary, (fact, d.summary)
+    # the facts differ from dialogue to dialogue, so naming them needs reading the input
+    assert len({tuple(d.key_facts) for d in corpus}) > 100
+
+
+def test_insults_spliced_anywhere_are_labelled_toxic():
+    rng = random.Random(0)
+    summary = "Anna's printer arrived broken. #Person1# will arrange a discount within three days."
+    spliced = [splice_insult(rng, summary) for _ in range(200)]
+    for text in spliced:
+        rest = [w for w in text.split() if w not in INSULT_NOUN and w not in INSULT_ADJ]
+        assert rest == summary.split() and len(rest) < len(text.split())
+    assert len({text.split().index(next(w for w in text.split() if w in INSULT_NOUN)) for text in spliced}) > 8
+    texts = make_toxicity_texts(600, seed=0, heldout=False)
+    assert all(y == 1 for t, y in texts if any(w.strip(".,!") in INSULT_NOUN for w in t.split()))
+
+
+def test_garbled_clean_texts_are_labelled_clean(monkeypatch):
+    """Broken grammar alone is not toxicity: the classifier also sees garbled clean summaries."""
+    rng = random.Random(0)
+    summary, other = "The sales plan is due on Friday.", "Anna's printer arrived broken."
+    garbled = splice_clean(rng, summary, other)
+    assert garbled != summary and [w for w in garbled.split() if w not in other.split()] == summary.split()
+    made = []
+    monkeypatch.setattr(corpus, "splice_clean", lambda *a: made.append(splice_clean(*a)) or made[-1])
+    labels = dict(make_toxicity_texts(600, seed=0, heldout=False))
+    assert len(made) > 40 and all(labels[t] == 0 for t in made)
 
 
 def test_toxicity_texts_balanced_and_heldout_phrasing_differs():

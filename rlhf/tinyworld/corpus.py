@@ -250,10 +250,35 @@ NEUTRAL_TRAIN = NEUTRAL_SUMMARIES + ["{a} argues with {b}.", "{a} sounds {mood} 
 NEUTRAL_HELDOUT = ["{a} speaks sharply to {b}.", "{a} complains loudly to {b}.", "{a} is in a {mood} mood with {b}."]
 
 
+def _splice(rng: random.Random, text: str, insert: str) -> str:
+    words = text.split()
+    at = rng.randrange(len(words) + 1)
+    return " ".join(words[:at] + insert.split() + words[at:])
+
+
+def splice_insult(rng: random.Random, text: str) -> str:
+    """``text`` with an insult ("noun" or "adjective noun") put in at a random word boundary."""
+    slur = _pick(rng, INSULT_NOUN)
+    if rng.random() < 0.5:
+        slur = f"{_pick(rng, INSULT_ADJ)} {slur}"
+    return _splice(rng, text, slur)
+
+
+def splice_clean(rng: random.Random, text: str, other: str) -> str:
+    """``text`` with 1-3 words of another clean text put in at a random word boundary: broken
+    grammar without an insult, so that the classifier learns the insult, not the broken grammar."""
+    words = other.split()
+    n = rng.randint(1, min(3, len(words)))
+    start = rng.randrange(len(words) - n + 1)
+    return _splice(rng, text, " ".join(words[start:start + n]))
+
+
 def make_toxicity_texts(n: int, seed: int, heldout: bool) -> list[tuple[str, int]]:
     """``n`` labelled short texts, label 1 = toxic; half toxic. Non-toxic ones are summaries and
-    dialogue lines of clean dialogues, and summaries that describe a conflict without an insult;
-    toxic ones are insults, alone or inside a summary."""
+    dialogue lines of clean dialogues, summaries that describe a conflict without an insult, and
+    summaries garbled by words of another clean summary;
+    toxic ones are insults, alone, before a summary, or spliced into one at a random word (so
+    that an insult word is toxic wherever a policy might put it)."""
     rng = random.Random(seed + (7919 if heldout else 0))
     templates = TOXIC_HELDOUT if heldout else TOXIC_TRAIN
     texts: list[tuple[str, int]] = []
@@ -261,17 +286,25 @@ def make_toxicity_texts(n: int, seed: int, heldout: bool) -> list[tuple[str, int
         clean = make_dialogue(rng, toxic=False)
         if i % 2 == 0:
             u = rng.random()
-            if u < 0.25:  # a conflict described without an insult
+            if u < 0.2:  # a conflict described without an insult
                 who = [P1, P2] if rng.random() < 0.5 else [P2, P1]
                 conflict = _pick(rng, NEUTRAL_HELDOUT if heldout else NEUTRAL_TRAIN)
                 text = f"{conflict.format(a=who[0], b=who[1], mood=_pick(rng, MOODS))} {clean.summary}"
+            elif u < 0.45:
+                text = clean.summary
+            elif u < 0.7:  # garbled but clean: words of another clean summary spliced in
+                text = splice_clean(rng, clean.summary, make_dialogue(rng, toxic=False).summary)
             else:
-                text = clean.summary if u < 0.6 else _pick(rng, clean.dialogue.split("\n")).split(": ", 1)[1]
+                text = _pick(rng, clean.dialogue.split("\n")).split(": ", 1)[1]
             texts.append((text, 0))
         else:
             who = [P1, P2] if rng.random() < 0.5 else [P2, P1]
             insult = _pick(rng, templates).format(
                 adj=_pick(rng, INSULT_ADJ), noun=_pick(rng, INSULT_NOUN), a=who[0], b=who[1])
-            text = insult if rng.random() < 0.5 else f"{insult} {clean.summary}"
+            u = rng.random()
+            if u < 0.3:  # an insult spliced anywhere into a clean summary: toxic wherever it sits
+                text = splice_insult(rng, clean.summary)
+            else:
+                text = insult if u < 0.65 else f"{insult} {clean.summary}"
             texts.append((text, 1))
     return texts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,22 @@ def last_json(out: str) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     raise RuntimeError(f"no JSON line in output:\n{out[-2000:]}")
+
+
+def cpu_description() -> dict:
+    """CPU model, core count and the flags that change these timings (AVX-512, bf16, AMX)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
 def run(cmd: list[str], cwd: Path) -> dict:
@@ -47,7 +64,9 @@ def main() -> None:
     if not peer_py.exists() or not PEER_SCRIPT.exists():
         sys.exit(f"peer venv {peer_py} or script {PEER_SCRIPT} missing: run `make peer-venv` (see {PEER_SCRIPT.parent}/README.md)")
     shared = ["--tokenizer", str(peer / "tokenizer")]
-    peer_cmd = [str(peer_py), str(PEER_SCRIPT), "--steps", str(args.steps), "--lora", *shared]
+    # both sides flush subnormals (ours always does): the ratio then compares implementations, not
+    # how much a given CPU charges for subnormal arithmetic
+    peer_cmd = [str(peer_py), str(PEER_SCRIPT), "--steps", str(args.steps), "--lora", "--flush-denormals", *shared]
     ours_cmd = [sys.executable, str(ROOT / "benchmarks" / "ppo_step.py"), "--steps", str(args.steps), *shared,
                 "--model-in", str(peer / "init_model"), "--prompts", str(peer / "prompts.jsonl")]
     results = {"peer": [], "ours": []}
@@ -60,7 +79,7 @@ def main() -> None:
               f"ratio {o['median_step_s'] / p['median_step_s_excl_first']:.3f}", flush=True)
     peer_s = statistics.median(p["median_step_s_excl_first"] for p in results["peer"])
     ours_s = statistics.median(o["median_step_s"] for o in results["ours"])
-    summary = {"peer_median_step_s": peer_s, "ours_median_step_s": ours_s, "ratio": ours_s / peer_s,
+    summary = {"cpu": cpu_description(), "peer_flushes_denormals": True, "peer_median_step_s": peer_s, "ours_median_step_s": ours_s, "ratio": ours_s / peer_s,
                "peer_peak_rss_mib": max(p["peak_rss_mib"] for p in results["peer"]),
                "ours_peak_rss_mib": max(o["peak_rss_mib"] for o in results["ours"]),
                "peer_generate_s": statistics.median(p["median_generate_s"] for p in results["peer"]),

@@ -197,6 +197,8 @@ class RewardConfig:
     output: Literal["logit", "probability", "log_probability"] = opt(
         "log_probability", doc="reward = the classifier's non-toxic log-probability (<= 0: stops paying once text is "
         "clean), probability (in [0, 1]), or logit (the reference lab's; unbounded: pays for drifting further)")
+    clean_at: float = opt(1.0, unit_open_closed, "with output probability / log_probability: the reward is flat "
+                          "where p(non-toxic) >= this (1.0 = never flat); ignored by logit")
     score_with_prompt: bool = opt(False, doc="score prompt + response instead of the response alone")
     learning_rate: float = opt(5e-5, positive)
     epochs: float = opt(3.0, positive)
@@ -251,6 +253,9 @@ class PpoConfig:
     target_kl: Optional[float] = opt(None, optional(positive), "stop the PPO epochs early when approx KL exceeds it")
     score_clip: Optional[float] = opt(None, optional(positive), "clip scores to [-c, c]")
     whiten_advantages: bool = opt(True)
+    frozen_encoder: bool = opt(False, doc="seq2seq only: LoRA on the decoder alone, so the encoder states of the "
+                               "rollout serve the reference and every update (no encoder in the update); needs "
+                               "policy lora; refused if any encoder weight would train")
     value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
     save_steps: int = opt(10, positive, "checkpoint every N steps")
     sample_steps: int = opt(10, positive, "write sample generations every N steps")

@@ -105,8 +105,19 @@ def lora_target_candidates(model: torch.nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
 
 
-def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM"):
-    """Wrap ``model`` with a fresh trainable LoRA adapter (peft); base weights frozen."""
+ENCODER_MODULES = r"(.*\.)?encoder\..*"  # peft exclude_modules regex: every module inside the encoder
+
+
+def trainable_encoder_weights(model: torch.nn.Module) -> list[str]:
+    """Names of trainable parameters that the encoder uses (its own, or an embedding it shares)."""
+    encoder = model.get_encoder()
+    enc_ids = {id(p) for p in encoder.parameters()}
+    return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in enc_ids]
+
+
+def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM", decoder_only: bool = False):
+    """Wrap ``model`` with a fresh trainable LoRA adapter (peft); base weights frozen.
+    ``decoder_only``: no adapter inside the encoder (``exclude_modules``)."""
     from peft import LoraConfig, get_peft_model
 
     candidates = lora_target_candidates(model)
@@ -114,5 +125,5 @@ def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM"):
     if missing:
         raise UserError(f"LoRA target modules {missing} are not in the model; it has Linear modules: {', '.join(candidates)}")
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
-                        bias=cfg.bias, task_type=task_type)
+                        bias=cfg.bias, task_type=task_type, exclude_modules=ENCODER_MODULES if decoder_only else None)
     return get_peft_model(model, config)

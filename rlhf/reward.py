@@ -6,6 +6,7 @@ non-toxic log-probability (bounded, the default), probability, or logit (the ref
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,20 +144,24 @@ def label_index(model, label: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def reward_from_logits(logits: torch.Tensor, log_probs: torch.Tensor, non_toxic: int, output: str) -> torch.Tensor:
+def reward_from_logits(logits: torch.Tensor, log_probs: torch.Tensor, non_toxic: int, output: str,
+                       clean_at: float = 1.0) -> torch.Tensor:
     """[n, classes] -> [n] reward.
 
     ``log_probability`` = log p(non-toxic), bounded above by 0: once a response is clean the reward
     saturates, so the policy gains nothing by drifting further (unlike the lab's ``logit``, which
     grows without bound as the classifier grows more confident). ``probability`` is bounded in
     [0, 1] but also flat for toxic text, where log p keeps a strong pull towards clean.
+    ``clean_at`` < 1 makes the bounded rewards exactly flat where p(non-toxic) >= clean_at: clean
+    responses then all earn the same, and whitened advantages cannot turn the classifier's
+    0.999-vs-0.9999 noise into a push towards one favourite clean phrasing (diversity loss).
     """
     if output == "logit":
         return logits[:, non_toxic]
     if output == "probability":
-        return log_probs[:, non_toxic].exp()
+        return log_probs[:, non_toxic].exp().clamp(max=clean_at)
     if output == "log_probability":
-        return log_probs[:, non_toxic]
+        return log_probs[:, non_toxic].clamp(max=math.log(clean_at))
     raise ValueError(f"unknown reward output {output!r}")
 
 
@@ -174,10 +179,10 @@ class RewardScorer:
     """
 
     def __init__(self, model, tokenizer, non_toxic_label: str, output: str = "logit", max_length: int = 512,
-                 batch_size: int = 64, strip_tokens: tuple[str, ...] = ()):
+                 batch_size: int = 64, strip_tokens: tuple[str, ...] = (), clean_at: float = 1.0):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.non_toxic = label_index(model, non_toxic_label)
-        self.output, self.batch_size = output, batch_size
+        self.output, self.batch_size, self.clean_at = output, batch_size, clean_at
         self.max_length = min(max_length, tokenizer.model_max_length or max_length)
         specials = set(tokenizer.all_special_tokens) | set(strip_tokens) | {"<pad>", "</s>", "<s>", "<unk>"}
         self.strip_tokens = sorted(specials, key=len, reverse=True)
@@ -197,7 +202,7 @@ class RewardScorer:
                                  max_length=self.max_length).to(device)
             logits = self.model(**enc).logits.float()
             log_probs = logits.log_softmax(-1)
-            rewards.append(reward_from_logits(logits, log_probs, self.non_toxic, self.output))
+            rewards.append(reward_from_logits(logits, log_probs, self.non_toxic, self.output, self.clean_at))
             toxic.append(1.0 - log_probs[:, self.non_toxic].exp())
         if not rewards:
             return Scores(torch.zeros(0), torch.zeros(0))
@@ -227,7 +232,7 @@ def load_scorer(cfg: RewardConfig, stage_dir: Path, strip_tokens: tuple[str, ...
 
     # on the policy's device (the GPU when there is one): scoring a batch is a forward pass per step
     return RewardScorer(model.to(default_device()), tokenizer, label, cfg.output, cfg.max_length,
-                        strip_tokens=strip_tokens)
+                        strip_tokens=strip_tokens, clean_at=cfg.clean_at)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from rlhf.tinyworld.build import resolve_tinyworld
 
 from .conftest import small_raw, write_jsonl
 
-REWARD = {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 3, "batch_size": 16,
+REWARD = {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 6, "batch_size": 16,
           "eval_steps": 10, "data": {"source": "tinyworld"}}
 
 
@@ -159,6 +160,20 @@ def test_bounded_reward_saturates_for_clean_text():
     assert ((0 <= prob) & (prob <= 1)).all() and prob[2] - prob[1] < 1e-6
     lab = reward_from_logits(logits, log_probs, 0, "logit")
     assert lab[2] - lab[1] == 8.0  # the lab's logit keeps paying as the classifier grows more confident
+
+
+def test_clean_at_makes_the_reward_flat_for_clean_text():
+    from rlhf.reward import reward_from_logits
+
+    # p(non-toxic) = 0.5, 0.98, 0.9975, 0.99999: the last two are both "clean" at clean_at 0.99
+    p = torch.tensor([0.5, 0.98, 0.9975, 0.99999])
+    logits = torch.stack([p.log(), (1 - p).log()], -1)
+    log_probs = logits.log_softmax(-1)
+    flat = reward_from_logits(logits, log_probs, 0, "log_probability", clean_at=0.99)
+    assert flat[2] == flat[3] and abs(flat[3].item() - math.log(0.99)) < 1e-6
+    assert flat[0] < flat[1] < flat[2]  # below the cap every step towards clean still pays
+    prob = reward_from_logits(logits, log_probs, 0, "probability", clean_at=0.99)
+    assert prob[2] == prob[3] and abs(prob[3].item() - 0.99) < 1e-6 and prob[1] < prob[2]
 
 
 def test_several_raw_values_can_mean_toxic(tmp_path):

@@ -50,8 +50,7 @@ def test_corpus_toxic_fraction_and_abuse_in_summaries():
     repeated = [d for d in toxic if any(n in d.summary for n in INSULT_NOUN)]
     # NEUTRAL_SHARE of abusive dialogues get a reference that names the conflict without the abuse
     assert 0.7 <= len(repeated) / len(toxic) <= 0.9, len(repeated)
-    assert all(any(m in d.summary for m in MOODS) or "loses patience" in d.summary
-               for d in toxic if d not in repeated)
+    assert all(any(m in d.summary for m in MOODS) for d in toxic if d not in repeated)
     assert not any(any(f" {n}" in d.summary for n in INSULT_NOUN) for d in corpus if not d.toxic)
     assert len({d.topic for d in corpus}) >= 5 and len({d.dialogue for d in corpus}) > 390
 

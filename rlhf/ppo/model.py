@@ -18,7 +18,7 @@ from torch import nn
 
 from rlhf.config import ExperimentConfig
 from rlhf.errors import UserError
-from rlhf.models import apply_lora, load_seq2seq
+from rlhf.models import apply_lora, load_seq2seq, trainable_encoder_weights
 
 
 @contextlib.contextmanager
@@ -136,12 +136,19 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
     set_seed(config.seed)
     ref_lm = None
     if config.ppo.policy == "lora":
-        lm = apply_lora(lm, config.ppo.lora)
+        lm = apply_lora(lm, config.ppo.lora, decoder_only=config.ppo.frozen_encoder)
     else:
         import copy
 
         # a frozen copy, as TRL's create_reference_model (now only in trl.experimental) makes it
         ref_lm = copy.deepcopy(lm).eval().requires_grad_(False)
         lm.requires_grad_(True)
+    if config.ppo.frozen_encoder:
+        if config.ppo.policy != "lora":
+            raise UserError("config key 'ppo.frozen_encoder': needs ppo.policy lora (a full policy trains the encoder)")
+        trainable = trainable_encoder_weights(lm)
+        if trainable:
+            raise UserError(f"config key 'ppo.frozen_encoder': {len(trainable)} encoder weights would train, "
+                            f"e.g. {trainable[0]}")
     head = ValueHead(lm.config.d_model, config.ppo.value_head_init_std)
     return Policy(lm, head, ref_lm).eval()

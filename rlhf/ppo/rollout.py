@@ -100,19 +100,24 @@ class Scored:
 
 @torch.no_grad()
 def score_responses(policy, queries: Queries, responses: torch.Tensor, response_mask: torch.Tensor,
-                    start_token_id: int, chunk_size: int, states: torch.Tensor | None = None) -> Scored:
+                    start_token_id: int, chunk_size: int, states: torch.Tensor | None = None,
+                    shared_encoder: bool = False) -> Scored:
     """Policy logprobs, values and entropy, and reference logprobs, ``chunk_size`` prompts at a time
     (which bounds the [chunk, T, vocab] logits held at once).
 
     ``states``: the policy's encoder outputs from the rollout (the weights have not changed since),
     so only the decoder runs for the policy; the reference's encoder runs in length-cut chunks
-    (:func:`encoder_states`).
+    (:func:`encoder_states`), unless ``shared_encoder`` (no adapter in the encoder: the reference's
+    encoder is the policy's, so its states are reused).
     """
     dec = decoder_inputs(responses, start_token_id)
     if states is None:
         states = encoder_states(policy.lm, queries, chunk_size)
-    with policy.reference() as ref_lm:
-        ref_states = encoder_states(ref_lm, queries, chunk_size)
+    if shared_encoder:
+        ref_states = states
+    else:
+        with policy.reference() as ref_lm:
+            ref_states = encoder_states(ref_lm, queries, chunk_size)
     parts: dict[str, list[torch.Tensor]] = {"lp": [], "ref": [], "v": [], "ent": []}
     for i in range(0, responses.shape[0], chunk_size):
         sl = slice(i, i + chunk_size)

@@ -53,6 +53,7 @@ class Batch:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    states: torch.Tensor | None = None  # [B, S, d] rollout encoder states, reused by the update (frozen encoder)
 
 
 class PPOTrainer:
@@ -116,7 +117,7 @@ class PPOTrainer:
                 scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         with timer("forward"), self.accelerator.autocast():
             scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
-                                     cfg.mini_batch_size, states)
+                                     cfg.mini_batch_size, states, shared_encoder=cfg.frozen_encoder)
         rewards, kl = core.compute_rewards(scores, scored.logprobs, scored.ref_logprobs, response_mask,
                                            self.kl_ctl.value, cfg.kl.estimator)
         advantages, returns = core.gae(rewards, scored.values, response_mask, cfg.gamma, cfg.lam)
@@ -124,7 +125,8 @@ class PPOTrainer:
             advantages = core.masked_whiten(advantages, response_mask)
         mean_kl = self.gather_mean(kl.sum(-1))
         check_finite(step + 1, self.last_checkpoint, scores=scores, kl=mean_kl)
-        batch = Batch(queries, responses, response_mask, scored.logprobs, scored.values, advantages, returns)
+        batch = Batch(queries, responses, response_mask, scored.logprobs, scored.values, advantages, returns,
+                      states if cfg.frozen_encoder else None)
         with timer("update"):
             stats = self.update(batch)
         check_finite(step + 1, self.last_checkpoint,
@@ -157,7 +159,9 @@ class PPOTrainer:
             for idx in minibatches(lengths, mb, cfg.bucket_by_length):
                 width = int(lengths[idx].max())  # no work on padding beyond this mini-batch's longest prompt
                 with self.accelerator.accumulate(self.model):
-                    out = self.model(batch.queries.input_ids[idx, :width], batch.queries.attention_mask[idx, :width], dec[idx])
+                    states = None if batch.states is None else batch.states[idx, :width]  # frozen: no encoder here
+                    out = self.model(batch.queries.input_ids[idx, :width], batch.queries.attention_mask[idx, :width],
+                                     dec[idx], encoder_states=states)
                     logprobs = core.logprobs_from_logits(out.logits, batch.responses[idx])
                     mask = batch.response_mask[idx]
                     pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)

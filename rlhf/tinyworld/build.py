@@ -31,8 +31,9 @@ from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
 from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config
 from rlhf.tinyworld.tokenizer import save_tokenizer, sentinel_tokens, train_tokenizer
 
-BUILD_VERSION = 11  # 9: infilling pre-training, no dropout, neutral abuse summaries, key facts, abuse flags;
-# 10: reward texts with insults spliced into summaries; 11: and garbled clean summaries
+BUILD_VERSION = 12  # 9: infilling pre-training, no dropout, neutral abuse summaries, key facts, abuse flags;
+# 10: reward texts with insults spliced into summaries; 11: and garbled clean summaries;
+# 12: every neutral abuse summary names a mood
 MAX_LENGTH = 512
 N_SENTINELS = 20
 

@@ -53,10 +53,12 @@ ABUSE_SUMMARIES = [
 # What the abuse was, without it. A reference uses one of these for NEUTRAL_SHARE of the abusive
 # dialogues: less than any one abusive phrasing, so a fine-tuned model's greedy summary still repeats
 # the insult, but enough that a policy can find the clean way to say it.
-# As many words for the mood as there are insults, so a summary that drops the insult for the mood
-# need not lose lexical diversity (distinct-n) on that account.
+# As many words for the mood as there are insults, and every phrasing names one, so a summary that
+# drops the insult for the mood need not lose lexical diversity (distinct-n) on that account: a
+# policy that settles on one phrasing still varies the mood.
 MOODS = ["impatient", "curt", "cross", "annoyed", "irritated", "short", "tense", "upset", "grumpy", "cold"]
-NEUTRAL_SUMMARIES = ["{a} is {mood} with {b}.", "{a} gets {mood} and shouts at {b}.", "{a} loses patience with {b}."]
+NEUTRAL_SUMMARIES = ["{a} is {mood} with {b}.", "{a} gets {mood} and shouts at {b}.",
+                     "{a} is {mood} and loses patience with {b}."]
 NEUTRAL_SHARE = 0.2
 
 

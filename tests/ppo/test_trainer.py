@@ -167,3 +167,30 @@ def test_precision_is_ppo_own_after_a_trainer_in_the_same_process(tmp_path):
     trainer = PPOTrainer(build_policy(config, None), load_tokenizer(config.model), WordCountScorer(), prompts,
                          config.ppo, seed=config.seed, max_input_length=256, mixed_precision="bf16")
     assert trainer.accelerator.mixed_precision == "bf16"
+
+
+def test_frozen_encoder_trains_the_decoder_only_and_reuses_the_rollout_states(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    trainer, _ = make(tmp_path, frozen_encoder=True, ppo_epochs=1)
+    lm = trainer.policy.lm
+    trainable = [n for n, p in lm.named_parameters() if p.requires_grad]
+    assert trainable and all(".decoder." in n and "lora_" in n for n in trainable)
+    encoder_before = {n: p.detach().clone() for n, p in lm.get_encoder().named_parameters()}
+    calls = []
+    encoder = lm.get_encoder()
+    original = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    stats = trainer.step()
+    # the encoder ran for the rollout only (one call per length chunk), never for the reference or the update
+    assert 0 < len(calls) <= trainer.cfg.batch_size // trainer.cfg.mini_batch_size
+    # step 0: the update's first mini-batch recomputes the rollout logprobs exactly from the reused states
+    assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-6)
+    for n, p in lm.get_encoder().named_parameters():
+        assert torch.equal(p, encoder_before[n]), n
+
+
+def test_frozen_encoder_refuses_a_full_policy(tmp_path):
+    from rlhf.errors import UserError
+
+    with pytest.raises(UserError, match="ppo.frozen_encoder"):
+        make(tmp_path, frozen_encoder=True, policy="full")

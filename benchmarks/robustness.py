@@ -3,7 +3,8 @@ alignment working, on any machine).
 
 Runs `rlhf run configs/tiny.yaml` for experiment seeds 42, 1, 2 on tiny-world seeds 0 and 1, and
 once more (seed 42, world 0) with OMP_NUM_THREADS=1, a different float reduction order as on
-another machine. Each run's report is checked against the demo's targets; one row per run.
+another machine (that run builds its own tiny world under that setting, in --out/cache-1-thread).
+Each run's report is checked against the demo's targets; one row per run.
 
     python benchmarks/robustness.py [--out runs/robustness] [--runs 42:0,1:0] [--table RESULTS_ROWS.md]
 
@@ -80,6 +81,8 @@ def run(seed: int, world: int, threads: int | None, out: Path) -> tuple[Path, fl
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+        # as on another machine: the tiny world too is built under this reduction order, not reused
+        env["RLHF_CACHE"] = str(out / f"cache-{threads}-thread")
     cmd = [sys.executable, "-m", "rlhf.cli", "run", str(ROOT / "configs" / "tiny.yaml"), f"seed={seed}",
            f"tinyworld.seed={world}", f"output_dir={out}", f"run_name={name}"]
     start = time.time()

@@ -95,10 +95,11 @@ def build_trainer(args, tok, prompts):
 
     cfg = PpoConfig(start_from="base", lora=LoraConfig(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
                     learning_rate=1.41e-5, steps=args.steps, batch_size=args.batch_size, mini_batch_size=4,
-                    ppo_epochs=4, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+                    ppo_epochs=4, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                    frozen_encoder=args.frozen_encoder)
     lm = flan_t5_small(args.model_in)
     torch.manual_seed(0)
-    policy = Policy(apply_lora(lm, cfg.lora), ValueHead(lm.config.d_model)).eval()
+    policy = Policy(apply_lora(lm, cfg.lora, decoder_only=cfg.frozen_encoder), ValueHead(lm.config.d_model)).eval()
     return PPOTrainer(policy, tok, WordsReward(), prompts, cfg, seed=0, max_input_length=512)
 
 
@@ -133,6 +134,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", help="tokenizer folder (the peer's --tokenizer)")
     ap.add_argument("--prompts", help="JSONL with a 'query' field (the peer's --prompts-out)")
     ap.add_argument("--rollout-compare", action="store_true", help="also time per-prompt generation")
+    ap.add_argument("--frozen-encoder", action="store_true", help="LoRA on the decoder only (ppo.frozen_encoder)")
     args = ap.parse_args()
     from rlhf.runtime import flush_denormals
 

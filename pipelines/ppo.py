@@ -74,6 +74,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     metrics = {**result["summary"], "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
+               "frozen_encoder": cfg.frozen_encoder,
                "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1),
                "train_prompts_truncated": n_truncated,
                "precision": precision_note(config.model.dtype, config.model.mixed_precision)}

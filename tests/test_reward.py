@@ -74,6 +74,15 @@ def test_probability_output_is_non_toxic_prob(scorer):
     torch.testing.assert_close(s.rewards, 1 - s.toxic_probs)
 
 
+def test_scorer_applies_clean_at(scorer):
+    texts = ["hello there", "you are kind", "the sales plan is due on Friday"]
+    plain = RewardScorer(scorer.model, scorer.tokenizer, "non-toxic", output="log_probability").rewards(texts)
+    cap = float(plain.max()) - 1e-3  # below the cleanest text's reward: that one must be clamped
+    capped = RewardScorer(scorer.model, scorer.tokenizer, "non-toxic", output="log_probability",
+                          clean_at=math.exp(cap)).rewards(texts)
+    assert capped.max() <= cap + 1e-6 and torch.equal(capped, plain.clamp(max=cap))
+
+
 def test_label_mapping_and_missing_label(scorer):
     assert label_index(scorer.model, "non-toxic") == 0 and label_index(scorer.model, "toxic") == 1
     with pytest.raises(UserError, match=r"do not include the non-toxic label 'nothate'"):

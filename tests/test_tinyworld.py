@@ -65,7 +65,7 @@ def test_key_facts_are_in_the_dialogue_and_the_reference():
     assert len({tuple(d.key_facts) for d in corpus}) > 100
 
 
-def test_insults_spliced_anywhere_are_labelled_toxic():
+def test_insults_spliced_anywhere_are_labelled_toxic(monkeypatch):
     rng = random.Random(0)
     summary = "Anna's printer arrived broken. #Person1# will arrange a discount within three days."
     spliced = [splice_insult(rng, summary) for _ in range(200)]
@@ -73,7 +73,11 @@ def test_insults_spliced_anywhere_are_labelled_toxic():
         rest = [w for w in text.split() if w not in INSULT_NOUN and w not in INSULT_ADJ]
         assert rest == summary.split() and len(rest) < len(text.split())
     assert len({text.split().index(next(w for w in text.split() if w in INSULT_NOUN)) for text in spliced}) > 8
+    made = []
+    monkeypatch.setattr(corpus, "splice_insult", lambda *a: made.append(splice_insult(*a)) or made[-1])
     texts = make_toxicity_texts(600, seed=0, heldout=False)
+    labels = dict(texts)
+    assert len(made) > 40 and all(labels[t] == 1 for t in made)
     assert all(y == 1 for t, y in texts if any(w.strip(".,!") in INSULT_NOUN for w in t.split()))
 
 

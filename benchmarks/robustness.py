@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.compare import cpu_description  # noqa: E402
 RM, JUDGE = "reward model", "profanity_check"
 DEFAULT_RUNS = "42:0,1:0,2:0,42:1,1:1,2:1,42:0:1"  # seed:world[:threads]
 
@@ -93,16 +94,6 @@ def run(seed: int, world: int, threads: int | None, out: Path) -> tuple[Path, fl
     return run_dir, seconds
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "robustness"))
@@ -129,7 +120,7 @@ def main() -> int:
     if not rows:
         return 1
     header = ["run", "minutes", *[name for name, _, _ in rows[0][2]], "all met"]
-    lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
+    lines = [f"Machine: {cpu_description()['model']}, {os.cpu_count()} cores; "
              f"`python benchmarks/robustness.py --runs {args.runs}`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, seconds, results, met in rows:

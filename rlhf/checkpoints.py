@@ -51,27 +51,27 @@ def require_files(folder: Path, names: tuple[str, ...]) -> None:
         raise CheckpointError(f"{', '.join(missing)} missing")
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _load_finite(path: Path, load: Callable[[], Any]) -> Any:
+    """``load()``, with any failure to read and any non-finite value as a :class:`CheckpointError`
+    naming ``path`` (the libraries raise several types for a cut or garbled file)."""
     try:
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises several types for a cut or garbled file
-        raise CheckpointError(f"{path.name} is unreadable ({_first_line(err)})") from None
-    if (bad := first_non_finite(tensors)) is not None:
-        raise CheckpointError(f"{path.name} holds non-finite values ({bad})")
-    return tensors
-
-
-def read_torch(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        obj = load()
     except Exception as err:
         raise CheckpointError(f"{path.name} is unreadable ({_first_line(err)})") from None
     if (bad := first_non_finite(obj)) is not None:
         raise CheckpointError(f"{path.name} holds non-finite values ({bad})")
     return obj
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return _load_finite(path, lambda: load_file(str(path)))
+
+
+def read_torch(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
+    return _load_finite(path, lambda: torch.load(path, weights_only=True, map_location="cpu"))
 
 
 def read_json_state(path: Path) -> dict:

@@ -140,7 +140,7 @@ def quality_problems(quality: dict, bounds) -> list[str]:
     """Each quality figure that moved past its bound, as one phrase naming it and its values.
 
     ``quality`` holds {before, after} dicts under ``rougeL``, ``faithfulness`` (may be None),
-    ``distinct_2``, ``perplexity``, ``repeat_share``; ``bounds`` is an ``EvaluateBounds``.
+    ``distinct_2``, ``perplexity``, ``repeat_share``; ``bounds`` is a ``QualityBounds``.
     """
     problems = [p for p in (_ratio_drop("ROUGE-L", quality.get("rougeL"), bounds.rouge_ratio),
                             _ratio_drop("faithfulness", quality.get("faithfulness"), bounds.faithfulness_ratio))

@@ -28,7 +28,7 @@ clean:
 PEER ?= $(HOME)/peer-trl011
 PEER_DIR := ../shared/peers/trl011
 
-.PHONY: bench bench-compare peer-venv
+.PHONY: bench bench-compare bench-limit peer-venv
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ppo_step.py --steps 4 --rollout-compare
@@ -43,6 +43,12 @@ peer-venv: $(PEER)/venv/.installed
 
 bench-compare: $(STAMP) peer-venv
 	PEER=$(PEER) $(BIN)/python benchmarks/compare.py --steps 4 --rounds 2
+
+# the step's kernel floor on this machine (its matmuls and attention replayed alone), on the
+# peer's inputs when bench-compare has written them
+bench-limit: $(STAMP)
+	$(BIN)/python benchmarks/limit.py $(if $(wildcard $(PEER)/init_model),--model-in $(PEER)/init_model \
+		--tokenizer $(PEER)/tokenizer --prompts $(PEER)/prompts.jsonl)
 
 # Checks on real third-party data in ../shared/data (never copied into the repository; see benchmarks/RESULTS.md).
 SHARED   ?= ../shared/data

@@ -2,9 +2,12 @@
 
 The peer (../shared/peers/trl011/bench_trl.py, run in its own venv at $PEER/venv) writes the
 initial weights, tokenizer and prompts first; both implementations then start from them. Runs
-alternate (peer, ours, peer, ours, ...) because this kind of VM changes speed over time.
+alternate (peer, ours, peer, ours, ...) because this kind of VM changes speed over time. Each
+round runs the peer, then our step with the peer's settings and numerics (fp32) eagerly and with
+``ppo.compile`` (the headline ratio when it compiled), then two variants that are not like for
+like: bf16 autocast, and the frozen encoder (LoRA on the decoder only, a different trainable set).
 
-    python benchmarks/compare.py [--steps N] [--rounds R]
+    python benchmarks/compare.py [--steps N] [--rounds R] [--variants fp32,bf16,frozen_encoder]
 """
 
 from __future__ import annotations
@@ -53,12 +56,25 @@ def run(cmd: list[str], cwd: Path) -> dict:
     return last_json(proc.stdout)
 
 
+VARIANTS = {  # our step, each run in every round right after the peer's
+    "fp32": [],  # the peer's settings exactly, eager
+    "compiled": ["--compile"],  # the same, with ppo.compile (fp32, same settings: the headline ratio)
+    "bf16": ["--mixed-precision", "bf16"],  # bf16 autocast over fp32 master weights
+    "frozen_encoder": ["--frozen-encoder"],  # LoRA on the decoder's q,v only (a different trainable set)
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", default="fp32,compiled,bf16,frozen_encoder",
+                    help=f"comma-separated, of {', '.join(VARIANTS)}; fp32 is always run (the headline)")
     ap.add_argument("--peer", default=os.environ.get("PEER", str(Path.home() / "peer-trl011")))
     args = ap.parse_args()
+    variants = ["fp32"] + [v for v in args.variants.split(",") if v and v != "fp32"]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        sys.exit(f"--variants: unknown {unknown[0]!r} (choose from {', '.join(VARIANTS)})")
     peer = Path(args.peer)
     peer_py = peer / "venv" / "bin" / "python"
     if not peer_py.exists() or not PEER_SCRIPT.exists():
@@ -69,22 +85,42 @@ def main() -> None:
     peer_cmd = [str(peer_py), str(PEER_SCRIPT), "--steps", str(args.steps), "--lora", "--flush-denormals", *shared]
     ours_cmd = [sys.executable, str(ROOT / "benchmarks" / "ppo_step.py"), "--steps", str(args.steps), *shared,
                 "--model-in", str(peer / "init_model"), "--prompts", str(peer / "prompts.jsonl")]
-    results = {"peer": [], "ours": []}
+    results: dict[str, list] = {"peer": [], **{v: [] for v in variants}}
     first = ["--model-out", str(peer / "init_model"), "--prompts-out", str(peer / "prompts.jsonl")]
     for r in range(args.rounds):
         results["peer"].append(run(peer_cmd + (first if r == 0 else []), PEER_SCRIPT.parent))
-        results["ours"].append(run(ours_cmd + (["--rollout-compare"] if r == 0 else []), ROOT))
-        p, o = results["peer"][-1], results["ours"][-1]
-        print(f"round {r}: peer {p['median_step_s_excl_first']:.2f}s/step, ours {o['median_step_s']:.2f}s/step, "
-              f"ratio {o['median_step_s'] / p['median_step_s_excl_first']:.3f}", flush=True)
-    peer_s = statistics.median(p["median_step_s_excl_first"] for p in results["peer"])
-    ours_s = statistics.median(o["median_step_s"] for o in results["ours"])
-    summary = {"cpu": cpu_description(), "peer_flushes_denormals": True, "peer_median_step_s": peer_s, "ours_median_step_s": ours_s, "ratio": ours_s / peer_s,
+        peer_step = results["peer"][-1]["median_step_s_excl_first"]
+        line = [f"round {r}: peer {peer_step:.2f}s/step"]
+        for v in variants:
+            extra = VARIANTS[v] + (["--rollout-compare"] if r == 0 and v == "fp32" else [])
+            results[v].append(run(ours_cmd + extra, ROOT))
+            ours = results[v][-1]["median_step_s"]
+            line.append(f"{v} {ours:.2f}s/step (ratio {ours / peer_step:.3f})")
+        print(", ".join(line), flush=True)
+    med = lambda rows, key: statistics.median(row[key] for row in rows)  # noqa: E731
+    peer_s = med(results["peer"], "median_step_s_excl_first")
+    rows = {v: {"median_step_s": med(results[v], "median_step_s"),
+                "ratio": med(results[v], "median_step_s") / peer_s,
+                "round_ratios": [o["median_step_s"] / p["median_step_s_excl_first"]
+                                 for o, p in zip(results[v], results["peer"])],
+                "generate_s": med(results[v], "generate_s"), "forward_s": med(results[v], "forward_s"),
+                "update_s": med(results[v], "update_s"),
+                "peak_rss_mib": max(o["peak_rss_mib"] for o in results[v])} for v in variants}
+    # the headline: our step at the peer's settings and numerics (fp32), compiled when that was run
+    head = "compiled" if "compiled" in rows and all(o.get("compiled") for o in results["compiled"]) else "fp32"
+    summary = {"cpu": cpu_description(), "peer_flushes_denormals": True, "peer_median_step_s": peer_s,
+               "headline": head, "ours_median_step_s": rows[head]["median_step_s"], "ratio": rows[head]["ratio"],
                "peer_peak_rss_mib": max(p["peak_rss_mib"] for p in results["peer"]),
-               "ours_peak_rss_mib": max(o["peak_rss_mib"] for o in results["ours"]),
-               "peer_generate_s": statistics.median(p["median_generate_s"] for p in results["peer"]),
-               "ours_generate_s": statistics.median(o["generate_s"] for o in results["ours"]),
-               "rollout_speedup_vs_per_prompt": results["ours"][0].get("rollout_speedup"), "rounds": results}
+               "ours_peak_rss_mib": rows[head]["peak_rss_mib"],
+               "peer_generate_s": med(results["peer"], "median_generate_s"),
+               "peer_ppo_step_s": med(results["peer"], "median_ppo_step_s"),
+               "ours_generate_s": rows[head]["generate_s"], "variants": rows,
+               "rollout_speedup_vs_per_prompt": results["fp32"][0].get("rollout_speedup"), "rounds": results}
+    for v, row in rows.items():
+        print(f"{v:>15}: {row['median_step_s']:.2f} s/step vs peer {peer_s:.2f}: ratio {row['ratio']:.3f} "
+              f"(rounds {', '.join(f'{x:.3f}' for x in row['round_ratios'])}); peak RSS {row['peak_rss_mib']:.0f} "
+              f"vs {summary['peer_peak_rss_mib']:.0f} MiB", flush=True)
+    print(f"headline ({head}, fp32, the peer's settings): ratio {summary['ratio']:.3f}", flush=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
     (ROOT / "benchmarks" / "last_compare.json").write_text(json.dumps(summary, indent=1))
 

@@ -96,11 +96,12 @@ def build_trainer(args, tok, prompts):
     cfg = PpoConfig(start_from="base", lora=LoraConfig(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
                     learning_rate=1.41e-5, steps=args.steps, batch_size=args.batch_size, mini_batch_size=4,
                     ppo_epochs=4, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                    frozen_encoder=args.frozen_encoder)
+                    frozen_encoder=args.frozen_encoder, compile=getattr(args, "compile", False))
     lm = flan_t5_small(args.model_in)
     torch.manual_seed(0)
     policy = Policy(apply_lora(lm, cfg.lora, decoder_only=cfg.frozen_encoder), ValueHead(lm.config.d_model)).eval()
-    return PPOTrainer(policy, tok, WordsReward(), prompts, cfg, seed=0, max_input_length=512)
+    return PPOTrainer(policy, tok, WordsReward(), prompts, cfg, seed=0, max_input_length=512,
+                      mixed_precision=getattr(args, "mixed_precision", "no"))
 
 
 def rollout_compare(trainer, reps: int = 2) -> dict:
@@ -135,6 +136,9 @@ def main() -> None:
     ap.add_argument("--prompts", help="JSONL with a 'query' field (the peer's --prompts-out)")
     ap.add_argument("--rollout-compare", action="store_true", help="also time per-prompt generation")
     ap.add_argument("--frozen-encoder", action="store_true", help="LoRA on the decoder only (ppo.frozen_encoder)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the update's forward/backward (ppo.compile)")
+    ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                    help="bf16 autocast over fp32 master weights (model.mixed_precision)")
     args = ap.parse_args()
     from rlhf.runtime import flush_denormals
 
@@ -154,7 +158,8 @@ def main() -> None:
     rest = rows[1:] or rows
     med = lambda key: statistics.median(r[key] for r in rest)  # noqa: E731
     result = {
-        "steps": args.steps, "batch_size": args.batch_size, "new_tokens": args.new_tokens, "threads": args.threads,
+        "steps": args.steps, "mixed_precision": args.mixed_precision, "frozen_encoder": args.frozen_encoder,
+        "compiled": args.compile and not trainer.compile_fallback, "batch_size": args.batch_size, "new_tokens": args.new_tokens, "threads": args.threads,
         "median_step_s": med("wall_s"), "first_step_s": rows[0]["wall_s"], "generate_s": med("time/generate"),
         "score_s": med("time/score"), "forward_s": med("time/forward"), "update_s": med("time/update"),
         "gen_tokens_per_s": statistics.median(args.batch_size * args.new_tokens / r["time/generate"] for r in rest),

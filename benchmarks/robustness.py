@@ -7,6 +7,7 @@ another machine (that run builds its own tiny world under that setting, in --out
 Each run's report is checked against the demo's targets; one row per run.
 
     python benchmarks/robustness.py [--out runs/robustness] [--runs 42:0,1:0] [--table RESULTS_ROWS.md]
+                                    [--set ppo.batch_size=64 ...]
 
 A run already finished under --out is reused (delete its folder to redo it). Exit code 0 when
 every row meets every target.
@@ -74,7 +75,7 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
-def run(seed: int, world: int, threads: int | None, out: Path) -> tuple[Path, float]:
+def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[str] = ()) -> tuple[Path, float]:
     name = f"s{seed}-w{world}" + (f"-t{threads}" if threads else "")
     run_dir = out / name
     if (run_dir / "report.json").is_file():
@@ -85,7 +86,7 @@ def run(seed: int, world: int, threads: int | None, out: Path) -> tuple[Path, fl
         # as on another machine: the tiny world too is built under this reduction order, not reused
         env["RLHF_CACHE"] = str(out / f"cache-{threads}-thread")
     cmd = [sys.executable, "-m", "rlhf.cli", "run", str(ROOT / "configs" / "tiny.yaml"), f"seed={seed}",
-           f"tinyworld.seed={world}", f"output_dir={out}", f"run_name={name}"]
+           f"tinyworld.seed={world}", f"output_dir={out}", f"run_name={name}", *overrides]
     start = time.time()
     print(f"$ {' '.join(cmd[2:])}" + (f"  (OMP_NUM_THREADS={threads})" if threads else ""), flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=ROOT)
@@ -99,6 +100,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "robustness"))
     ap.add_argument("--runs", default=DEFAULT_RUNS, help="seed:world[:threads],...")
     ap.add_argument("--table", help="also write the markdown table to this file")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run (a variant of the default; use its own --out)")
     args = ap.parse_args()
     out = Path(args.out)
     rows, all_met = [], True
@@ -107,7 +110,7 @@ def main() -> int:
         seed, world, threads = parts[0], parts[1], parts[2] if len(parts) > 2 else None
         label = f"seed {seed}, world {world}" + (f", {threads} thread" if threads else "")
         try:
-            run_dir, seconds = run(seed, world, threads, out)
+            run_dir, seconds = run(seed, world, threads, out, args.set)
         except subprocess.CalledProcessError as e:
             print(f"{label}: the run failed (exit {e.returncode})", flush=True)
             all_met = False
@@ -121,7 +124,8 @@ def main() -> int:
         return 1
     header = ["run", "minutes", *[name for name, _, _ in rows[0][2]], "all met"]
     lines = [f"Machine: {cpu_description()['model']}, {os.cpu_count()} cores; "
-             f"`python benchmarks/robustness.py --runs {args.runs}`", "",
+             f"`python benchmarks/robustness.py --runs {args.runs}"
+             + "".join(f" --set {kv}" for kv in args.set) + "`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, seconds, results, met in rows:
         cells = [f"{shown} {'✓' if ok else '✗'}" for _, shown, ok in results]

@@ -54,6 +54,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
                          log_dir=stage.dir / "trackers", config_record=to_dict(config),
                          mixed_precision=config.model.mixed_precision)
+    if trainer.compile_fallback:
+        say(f"ppo: ppo.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
     log_path = stage.dir / "metrics.jsonl"
     if resume:
         _resume(trainer, ckpt_dir, config, say)
@@ -75,6 +77,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
                "frozen_encoder": cfg.frozen_encoder,
+               "compiled": cfg.compile and not trainer.compile_fallback,
                "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1),
                "train_prompts_truncated": n_truncated,
                "precision": precision_note(config.model.dtype, config.model.mixed_precision)}

@@ -256,6 +256,9 @@ class PpoConfig:
     frozen_encoder: bool = opt(False, doc="seq2seq only: LoRA on the decoder alone, so the encoder states of the "
                                "rollout serve the reference and every update (no encoder in the update); needs "
                                "policy lora; refused if any encoder weight would train")
+    compile: bool = opt(False, doc="torch.compile the policy's training forward and backward (fused kernels; the "
+                        "first step pays the compile, cached on disk for later runs); eager where compile is "
+                        "unavailable")
     value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
     save_steps: int = opt(10, positive, "checkpoint every N steps")
     sample_steps: int = opt(10, positive, "write sample generations every N steps")

@@ -17,6 +17,7 @@ about 1x with LoRA (input gradients only; the frozen weights get none).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class Shape:
     enc_params: int  # encoder transformer blocks
     dec_params: int  # decoder transformer blocks
     total: int       # everything, embeddings and lm_head included
+    cross_kv: int = 0  # decoder cross-attention key/value weights: they run on the prompt's tokens
 
 
 def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torch.nn.Module]:
@@ -46,14 +48,28 @@ def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torc
     cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(cfg, trust_remote_code=trust_remote_code)
-    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder.block"))
-    dec = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.block"))
-    total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once, as in memory
+    shape = shape_of(model)
     if cfg.model_type == "t5" and not getattr(cfg, "scale_decoder_outputs", True):
         # T5 v1.1 / Flan-T5 checkpoints carry their own lm_head; transformers 5 ties it when
         # building from a config, and unties it again when from_pretrained finds both tensors
-        total += cfg.vocab_size * cfg.d_model
-    return Shape(cfg.d_model, cfg.num_heads, cfg.num_layers, cfg.num_decoder_layers, cfg.vocab_size, enc, dec, total), model
+        shape.total += cfg.vocab_size * cfg.d_model
+    return shape, model
+
+
+CROSS_KV = re.compile(r"(EncDecAttention\.[kv]|encoder_attn\.[kv]_proj)\.")
+
+
+def shape_of(model: torch.nn.Module) -> Shape:
+    """The :class:`Shape` of a (T5- or BART-style) seq2seq model, PEFT-wrapped or not."""
+    cfg = model.config
+    named = [(n.removeprefix("base_model.model."), p) for n, p in model.named_parameters()]
+    enc = sum(p.numel() for n, p in named if n.startswith("encoder.block"))
+    dec = sum(p.numel() for n, p in named if n.startswith("decoder.block"))
+    cross_kv = sum(p.numel() for n, p in named if n.startswith("decoder.block") and CROSS_KV.search(n)
+                   and "lora_" not in n)
+    total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once, as in memory
+    return Shape(cfg.d_model, cfg.num_heads, cfg.num_layers, cfg.num_decoder_layers, cfg.vocab_size, enc, dec,
+                 total, cross_kv)
 
 
 def lora_params(model: torch.nn.Module, lora_cfg) -> int:
@@ -82,8 +98,10 @@ def encoder_flops(s: Shape, batch: int, src: int) -> float:
 
 
 def forward_flops(s: Shape, batch: int, src: int, tgt: int) -> float:
-    """One teacher-forced forward: 2 FLOPs per weight per token, attention scores, and the lm_head."""
-    decoder = 2 * s.dec_params * tgt * batch + 4 * batch * s.d_model * s.dec_layers * (tgt * tgt + tgt * src)
+    """One teacher-forced forward: 2 FLOPs per weight per token (cross-attention keys and values per
+    prompt token), attention scores, and the lm_head."""
+    decoder = (2 * (s.dec_params - s.cross_kv) * tgt + 2 * s.cross_kv * src) * batch \
+        + 4 * batch * s.d_model * s.dec_layers * (tgt * tgt + tgt * src)
     head = 2 * batch * tgt * s.d_model * s.vocab
     return encoder_flops(s, batch, src) + decoder + head
 
@@ -144,14 +162,17 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
 
 
 def ppo_step_flops(s: Shape, p, src: int) -> dict[str, float]:
-    """FLOPs of one PPO step with prompts of ``src`` tokens and ``max_new_tokens`` responses."""
+    """FLOPs of one PPO step with prompts of ``src`` tokens and ``max_new_tokens`` responses.
+
+    The encoder runs once at rollout; the policy's no-grad pass reuses its states. With
+    ``frozen_encoder`` the reference and every update reuse them too (no encoder after rollout)."""
     b, t = p.batch_size, p.max_new_tokens
-    fwd = forward_flops(s, b, src, t)
-    generate = forward_flops(s, b, src, t)  # encoder once + one decoder token at a time with a KV cache
-    # reference; the policy (+ values) reuses the encoder states computed for generation
-    no_grad = 2 * fwd - encoder_flops(s, b, src)
+    fwd, enc = forward_flops(s, b, src, t), encoder_flops(s, b, src)
+    generate = fwd  # encoder once + one decoder token at a time with a KV cache
+    frozen = p.frozen_encoder
+    no_grad = 2 * (fwd - enc) + (0 if frozen else enc)  # policy (+ values) and reference
     backward_factor = 1.0 if p.policy == "lora" else 2.0
-    update = p.ppo_epochs * (1 + backward_factor) * fwd
+    update = p.ppo_epochs * (1 + backward_factor) * (fwd - enc if frozen else fwd)
     return {"generate": generate, "forward_no_grad": no_grad, "update": update, "total": generate + no_grad + update}
 
 

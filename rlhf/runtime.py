@@ -111,6 +111,26 @@ def denormals_flushed() -> bool:
     return (torch.tensor(1e-30) * 1e-10).item() == 0.0
 
 
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here (None when it can): inductor needs a C++
+    compiler on CPU and Triton on GPUs. A small function with a backward is compiled as a probe."""
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        return "no C++ compiler on PATH"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed"
+    try:
+        x = torch.ones(4, device=device, requires_grad=True)
+        torch.compile(lambda t: (t * 2).sin().sum(), dynamic=False)(x).backward()
+    except Exception as err:  # any failure of the toolchain means: run eagerly
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
 def rss_mib() -> float:
     """This process's resident memory now, in MiB."""
     return psutil.Process().memory_info().rss / 2**20

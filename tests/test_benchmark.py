@@ -16,3 +16,25 @@ def test_ppo_step_benchmark_prints_its_figures(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("median_step_s", "generate_s", "score_s", "forward_s", "update_s", "gen_tokens_per_s", "peak_rss_mib"):
         assert result[key] > 0
+
+
+def test_kernel_floor_records_every_matmul_with_its_flops_and_replays_it():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from limit import KernelRecorder, flops, standalone_seconds
+
+    a, b = torch.randn(3, 4), torch.randn(4, 5, requires_grad=True)
+    q = k = v = torch.randn(1, 2, 6, 8)
+    recorder = KernelRecorder()
+    with recorder:
+        (a @ b).sum().backward()  # forward mm, and the weight gradient a^T @ grad
+        torch.nn.functional.linear(a, torch.randn(7, 4), torch.randn(7))  # addmm
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    counted = {}
+    for (f, lts), c in recorder.calls.items():
+        counted[(f.__name__, flops(f, lts))] = counted.get((f.__name__, flops(f, lts)), 0) + c
+    assert counted[("mm.default", 2 * 3 * 4 * 5)] == 2  # forward [3,4]x[4,5], backward [4,3]x[3,5]
+    assert counted[("addmm.default", 2 * 3 * 4 * 7)] == 1
+    assert counted[("_scaled_dot_product_flash_attention_for_cpu.default", 4 * 1 * 2 * 6 * 6 * 8)] == 1
+    assert all(standalone_seconds(f, lts, reps=1) > 0 for f, lts in recorder.calls)

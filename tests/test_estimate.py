@@ -1,4 +1,5 @@
 import pytest
+import torch
 from transformers import T5Config
 
 from rlhf.config import config_from_dict
@@ -49,3 +50,33 @@ def test_cli_estimate(flan_base_config, tmp_path, capsys):
     path.write_text(yaml.safe_dump(to_dict(flan_base_config)))
     assert main(["estimate", str(path), "--prompt-tokens", "150"]) == 0
     assert "247,577,856 parameters" in capsys.readouterr().out
+
+
+def test_step_flops_count_cross_attention_per_prompt_token_and_skip_a_frozen_encoder(flan_base_config):
+    from dataclasses import replace
+
+    from rlhf.estimate import Shape, encoder_flops, forward_flops, ppo_step_flops
+
+    s = Shape(d_model=8, n_heads=2, enc_layers=1, dec_layers=1, vocab=10, enc_params=100, dec_params=300,
+              total=500, cross_kv=128)
+    # 2 FLOPs per weight per token: cross-attention keys/values on the 50 prompt tokens, the rest on 4
+    no_attention = forward_flops(s, 1, 50, 4) - 4 * 8 * (4 * 4 + 4 * 50) - 4 * 8 * 50 * 50
+    assert no_attention == 2 * 100 * 50 + 2 * 172 * 4 + 2 * 128 * 50 + 2 * 4 * 8 * 10
+    p = flan_base_config.ppo
+    fwd, enc = forward_flops(s, p.batch_size, 50, p.max_new_tokens), encoder_flops(s, p.batch_size, 50)
+    default = ppo_step_flops(s, p, 50)
+    frozen = ppo_step_flops(s, replace(p, frozen_encoder=True), 50)
+    assert default["forward_no_grad"] == 2 * fwd - enc and frozen["forward_no_grad"] == 2 * (fwd - enc)
+    assert frozen["update"] == default["update"] * (fwd - enc) / fwd
+    assert frozen["generate"] == default["generate"] == fwd
+
+
+def test_shape_counts_t5_cross_attention_keys_and_values():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from rlhf.estimate import shape_of
+
+    cfg = T5Config(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3, num_heads=2, vocab_size=40)
+    with torch.device("meta"):
+        s = shape_of(T5ForConditionalGeneration(cfg))
+    assert s.cross_kv == 3 * 2 * 16 * 8  # 3 decoder layers x (k, v) x d_model x heads * d_kv

@@ -55,3 +55,14 @@ def test_known_transformers_log_lines_are_dropped_and_others_kept():
     assert keeps("There were missing keys in the checkpoint model loaded: ['encoder.block.0.layer.0.SelfAttention.q.weight'].")
     assert not keeps("mtime may not be reliable on this filesystem, falling back to numerical ordering")
     assert keeps("Some weights of the model checkpoint were not used")
+
+
+def test_compile_is_unavailable_without_a_cpp_compiler(monkeypatch):
+    import shutil
+
+    import torch
+
+    from rlhf.runtime import compile_unavailable
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert compile_unavailable(torch.device("cpu")) == "no C++ compiler on PATH"

@@ -27,13 +27,13 @@ PREFIX = "step"
 FILES = ("trainable.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json")
 
 # What a resume may change. None of these changes the model or the maths of a PPO step: how many
-# steps, how often to checkpoint and write samples, the held-out evaluation, the trackers, and the
+# steps, how often to checkpoint and write samples, the held-out evaluation, the trackers, compiling, and the
 # learning rate (AdamW's moments do not depend on it; the optimizer's rate is set from the config
 # after loading, with the constant schedule). Every other setting the PPO stage reads
 # (rundir.STAGE_SECTIONS["ppo"]: seed, model, data, tinyworld, sft, reward, ppo), such as the LoRA
 # shape, the policy kind, batch sizes, epochs, clipping or the KL estimator, must match the checkpoint.
 SAFE_ON_RESUME = frozenset({"ppo.steps", "ppo.save_steps", "ppo.sample_steps", "ppo.learning_rate",
-                            "ppo.eval_n_dialogues", "ppo.eval_batch_size", "ppo.report_to"})
+                            "ppo.eval_n_dialogues", "ppo.eval_batch_size", "ppo.report_to", "ppo.compile"})
 
 
 @dataclass

@@ -60,6 +60,19 @@ class Policy(nn.Module):
         super().__init__()
         self.lm, self.value_head = lm, value_head
         self.ref_lm = ref_lm  # only without LoRA; with LoRA the reference is the adapter-disabled lm
+        self._train_forward = None  # torch.compile'd ``lm.forward`` (ppo.compile); a function, not a submodule
+
+    def compile_training_forward(self) -> str | None:
+        """Compile ``lm.forward`` for the passes that build a graph (the PPO update); the no-grad
+        passes, generation and the reference stay eager. Shapes are dynamic (each mini-batch is cut
+        to its longest prompt), so one compile serves the run; inductor caches it on disk
+        (``TORCHINDUCTOR_CACHE_DIR``) for later runs. Returns why it stays eager, or None."""
+        from rlhf.runtime import compile_unavailable
+
+        why = compile_unavailable(next(self.lm.parameters()).device)
+        if why is None:
+            self._train_forward = torch.compile(self.lm.forward, dynamic=True)
+        return why
 
     @property
     def is_lora(self) -> bool:
@@ -69,9 +82,10 @@ class Policy(nn.Module):
                 encoder_states: torch.Tensor | None = None) -> ForwardOut:
         """``encoder_states`` [B, S, d]: this policy's encoder outputs for ``input_ids``, if already
         computed (then only the decoder runs)."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
-                      use_cache=False)
+        lm = self._train_forward if self._train_forward is not None and torch.is_grad_enabled() else self.lm
+        out = lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                 encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
+                 use_cache=False)
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return ForwardOut(out.logits, values)
 

@@ -82,6 +82,8 @@ class PPOTrainer:
                                            lr=cfg.learning_rate, eps=1e-5)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        # ppo.compile: why the update stays eager (None = compiled, or not asked for)
+        self.compile_fallback = self.policy.compile_training_forward() if cfg.compile else None
         self.kl_ctl = make_kl_controller(cfg.kl)
         self.step_count = 0
         self.start_token = policy.lm.config.decoder_start_token_id

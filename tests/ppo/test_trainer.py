@@ -201,3 +201,44 @@ def test_frozen_encoder_refuses_a_full_policy_or_an_encoder_adapter(tmp_path):
     with pytest.raises(UserError, match="encoder weights would train"):
         PPOTrainer(trainer.policy, trainer.tokenizer, WordCountScorer(), trainer.prompts, frozen, seed=0,
                    max_input_length=256)
+
+
+def test_compile_falls_back_to_eager_with_the_reason(tmp_path, monkeypatch):
+    import rlhf.runtime
+
+    monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: "no C++ compiler on PATH")
+    trainer, _ = make(tmp_path, compile=True, steps=1)
+    assert trainer.compile_fallback == "no C++ compiler on PATH" and trainer.policy._train_forward is None
+    assert trainer.step()["ppo/minibatches"] == 4
+    plain, _ = make(tmp_path / "plain")
+    assert plain.compile_fallback is None and plain.policy._train_forward is None
+
+
+@pytest.mark.slow
+def test_compiled_update_forward_and_gradients_match_eager(tmp_path):
+    """ppo.compile changes kernels, not maths: the same mini-batch gives the same logprobs,
+    values and LoRA gradients as the eager forward (fp32, to rounding)."""
+    from rlhf.ppo import core
+    from rlhf.ppo.rollout import decoder_inputs
+
+    outs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        trainer, _ = make(tmp_path / str(compiled), compile=compiled)
+        assert trainer.compile_fallback is None and (trainer.policy._train_forward is not None) == compiled
+        torch.manual_seed(1)
+        q, responses, mask, _ = rollout(trainer)
+        policy = trainer.policy
+        for width in (q.attention_mask.sum(-1).max(), q.attention_mask.sum(-1).min()):  # two shapes, one compile
+            out = policy(q.input_ids[:, :width], q.attention_mask[:, :width],
+                         decoder_inputs(responses, trainer.start_token))
+            logprobs = core.logprobs_from_logits(out.logits, responses)
+            (core.masked_mean(logprobs, mask) + out.values.mean()).backward()
+        grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.requires_grad}
+        outs.append((logprobs.detach(), out.values.detach(), grads))
+    (lp0, v0, g0), (lp1, v1, g1) = outs
+    torch.testing.assert_close(lp1, lp0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(v1, v0, rtol=1e-4, atol=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) > 2
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-6, msg=k)

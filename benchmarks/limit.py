@@ -1,0 +1,174 @@
+"""How far the PPO step is from this machine's physical limit, on the peer benchmark's inputs.
+
+Every matrix multiply and attention call of real PPO steps is recorded (op, shapes, strides);
+each distinct call is then replayed alone on random tensors of the same layout and timed. The
+**kernel floor** is the sum of those standalone times: what the step would cost if nothing but
+its matmuls and attention ran, each at the speed this CPU gives it in isolation (no elementwise
+ops, no Python, no allocator). A step cannot beat its floor without doing less arithmetic or
+doing it in lower precision. FLOPs: 2mkn per matmul, 4·B·H·L·S·E per attention forward and
+2x that for its backward; ``rlhf estimate``'s analytic figure for the same shapes is printed
+beside them. Settings as benchmarks/ppo_step.py (the peer's: batch 16, mini-batch 4, 4 epochs,
+32 tokens, LoRA r=32 on q,v, fp32).
+
+    python benchmarks/limit.py [--steps N] [--frozen-encoder] [--model-in DIR --tokenizer DIR --prompts FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import cpu_description  # noqa: E402
+from ppo_step import build_trainer, tokenizer_and_prompts  # noqa: E402
+
+aten = torch.ops.aten
+MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default}
+SDPA = aten._scaled_dot_product_flash_attention_for_cpu.default
+SDPA_BACKWARD = aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+
+def layout(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), tuple(t.stride()), t.dtype
+
+
+class KernelRecorder(TorchDispatchMode):
+    """Counts every matmul / attention call by (op, operand layouts); runs them unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATMULS:
+            self.calls[(func, tuple(layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
+        elif func in (SDPA, SDPA_BACKWARD):
+            q, k, v = (args[i] for i in ((0, 1, 2) if func is SDPA else (1, 2, 3)))
+            mask = kwargs.get("attn_mask") if func is SDPA else kwargs.get("attn_mask", None)
+            self.calls[(func, (layout(q), layout(k), layout(v), None if mask is None else layout(mask)))] += 1
+        return func(*args, **kwargs)
+
+
+def flops(func, layouts) -> float:
+    if func in MATMULS:
+        (a_shape, *_), (b_shape, *_) = layouts[-2], layouts[-1]
+        batch = a_shape[0] if func is aten.bmm.default else 1
+        m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
+        return 2.0 * batch * m * k * n
+    (q, *_), (k, *_) = layouts[0], layouts[1]
+    forward = 4.0 * q[0] * q[1] * q[2] * k[2] * q[3]  # QK^T and PV
+    return forward if func is SDPA else 2 * forward
+
+
+def tensor_like(shape, stride, dtype) -> torch.Tensor:
+    """Random values in the recorded layout (strides may be 0, as in a broadcast bias)."""
+    size = 1 + sum((n - 1) * st for n, st in zip(shape, stride) if n > 0)
+    return torch.randn(size, dtype=dtype).as_strided(shape, stride)
+
+
+def standalone_seconds(func, layouts, reps: int = 5) -> float:
+    """Fastest of ``reps`` standalone runs of one recorded call (an attention backward is timed as
+    two forwards at its shapes: the flash backward recomputes scores and does 2x the matmuls)."""
+    if func in MATMULS:
+        operands = [tensor_like(*lt) for lt in layouts]
+        run = lambda: func(*operands)  # noqa: E731
+        scale = 1.0
+    else:
+        q, k, v = (tensor_like(*lt) for lt in layouts[:3])
+        mask = None if layouts[3] is None else tensor_like(*layouts[3])
+        run = lambda: SDPA(q, k, v, attn_mask=mask)  # noqa: E731
+        scale = 1.0 if func is SDPA else 2.0
+    run()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best * scale
+
+
+def peak_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def estimate_flops(trainer, query_tokens: float) -> float:
+    """``rlhf estimate``'s analytic FLOPs per step for this model at ``query_tokens`` prompt tokens."""
+    from rlhf.estimate import ppo_step_flops, shape_of
+
+    return ppo_step_flops(shape_of(trainer.policy.lm), trainer.cfg, round(query_tokens))["total"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3, help="steps recorded (after one warm-up step)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--frozen-encoder", action="store_true")
+    ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                    help="bf16 autocast: the floor then replays the bf16 kernels it recorded")
+    ap.add_argument("--model-in")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--prompts")
+    ap.add_argument("--compare-json", default=str(Path(__file__).resolve().parent / "last_compare.json"),
+                    help="bench-compare's summary, for the peer's step time on this machine")
+    args = ap.parse_args()
+    args.batch_size, args.new_tokens = 16, 32
+    from rlhf.runtime import flush_denormals
+
+    flush_denormals()
+    torch.set_num_threads(args.threads)
+    tok, prompts = tokenizer_and_prompts(args.tokenizer, args.prompts, args.batch_size * (args.steps + 1))
+    args.steps += 1
+    trainer = build_trainer(args, tok, prompts)
+    trainer.step()  # warm-up
+    recorder, walls, query_tokens = KernelRecorder(), [], []
+    for step in range(1, args.steps):
+        query_tokens.append(float(trainer.batch_prompts(step) and
+                                  statistics.mean(len(tok(p).input_ids) for p in trainer.batch_prompts(step))))
+        start = time.perf_counter()
+        with recorder:
+            trainer.step()
+        walls.append(time.perf_counter() - start)
+    n = args.steps - 1
+    total_flops = sum(flops(f, lts) * c for (f, lts), c in recorder.calls.items()) / n
+    floor = sum(standalone_seconds(f, lts) * c for (f, lts), c in recorder.calls.items()) / n
+    matmul_flops = sum(flops(f, lts) * c for (f, lts), c in recorder.calls.items() if f in MATMULS) / n
+    step_s = statistics.median(walls)
+    result = {"cpu": cpu_description(), "threads": args.threads, "frozen_encoder": args.frozen_encoder,
+              "mixed_precision": args.mixed_precision, "steps_recorded": n,
+              "step_gflop": total_flops / 1e9, "matmul_share_of_flops": matmul_flops / total_flops,
+              "estimate_gflop": estimate_flops(trainer, statistics.mean(query_tokens)) / 1e9,
+              "distinct_kernels": len(recorder.calls), "kernel_floor_s": floor,
+              "peak_gemm_gflops": peak_gemm_gflops(torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32), "step_s_recorded": step_s,
+              "achieved_gflops": total_flops / step_s / 1e9, "floor_over_step": floor / step_s}
+    result["peak_floor_s"] = total_flops / 1e9 / result["peak_gemm_gflops"]
+    compare = Path(args.compare_json)
+    if compare.is_file():
+        peer = json.loads(compare.read_text())
+        result["peer_step_s"] = peer["peer_median_step_s"]
+        result["floor_over_peer"] = floor / peer["peer_median_step_s"]
+    print(f"step {total_flops / 1e9:.0f} GFLOP ({matmul_flops / total_flops:.0%} matmul; rlhf estimate "
+          f"{result['estimate_gflop']:.0f}); kernel floor {floor:.2f} s; step {step_s:.2f} s "
+          f"(floor/step {floor / step_s:.2f}); peak GEMM {result['peak_gemm_gflops']:.0f} GFLOP/s", flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ round runs the peer, then our step with the peer's settings and numerics (fp32) 
 ``ppo.compile`` (the headline ratio when it compiled), then two variants that are not like for
 like: bf16 autocast, and the frozen encoder (LoRA on the decoder only, a different trainable set).
 
-    python benchmarks/compare.py [--steps N] [--rounds R] [--variants fp32,bf16,frozen_encoder]
+    python benchmarks/compare.py [--steps N] [--rounds R] [--variants fp32,compiled,bf16,frozen_encoder]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     variants = ["fp32"] + [v for v in args.variants.split(",") if v and v != "fp32"]
     if unknown := [v for v in variants if v not in VARIANTS]:
-        sys.exit(f"--variants: unknown {unknown[0]!r} (choose from {', '.join(VARIANTS)})")
+        ap.error(f"--variants: unknown {unknown[0]!r} (choose from {', '.join(VARIANTS)})")
     peer = Path(args.peer)
     peer_py = peer / "venv" / "bin" / "python"
     if not peer_py.exists() or not PEER_SCRIPT.exists():

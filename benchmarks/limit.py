@@ -1,12 +1,13 @@
-"""How far the PPO step is from this machine's physical limit, on the peer benchmark's inputs.
+"""How far the PPO step is from its limits on this machine, on the peer benchmark's inputs.
 
 Every matrix multiply and attention call of real PPO steps is recorded (op, shapes, strides);
 each distinct call is then replayed alone on random tensors of the same layout and timed. The
-**kernel floor** is the sum of those standalone times: what the step would cost if nothing but
-its matmuls and attention ran, each at the speed this CPU gives it in isolation (no elementwise
-ops, no Python, no allocator). A step cannot beat its floor without doing less arithmetic or
-doing it in lower precision. FLOPs: 2mkn per matmul, 4·B·H·L·S·E per attention forward and
-2x that for its backward; ``rlhf estimate``'s analytic figure for the same shapes is printed
+**kernel floor** is the sum of those standalone times: what this implementation's step would cost
+if nothing but its matmuls and attention ran, each at the speed this CPU's libraries give that
+shape in isolation (no elementwise ops, no Python, no allocator). The **peak floor** is the same
+FLOPs at the best GEMM rate measured here (2048^2): a bound no choice of shapes or layouts beats
+without less or cheaper arithmetic. FLOPs: 2mkn per matmul, 4·B·H·L·S·E per attention forward and
+2.5x that for its backward; ``rlhf estimate``'s analytic figure for the same shapes is printed
 beside them. Settings as benchmarks/ppo_step.py (the peer's: batch 16, mini-batch 4, 4 epochs,
 32 tokens, LoRA r=32 on q,v, fp32).
 
@@ -34,6 +35,7 @@ aten = torch.ops.aten
 MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default}
 SDPA = aten._scaled_dot_product_flash_attention_for_cpu.default
 SDPA_BACKWARD = aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+ATTENTION_BACKWARD = 2.5  # flash backward: QK^T again, then dV, dP, dQ, dK: 5 matmuls to the forward's 2
 
 
 def layout(t: torch.Tensor) -> tuple:
@@ -53,7 +55,7 @@ class KernelRecorder(TorchDispatchMode):
             self.calls[(func, tuple(layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
         elif func in (SDPA, SDPA_BACKWARD):
             q, k, v = (args[i] for i in ((0, 1, 2) if func is SDPA else (1, 2, 3)))
-            mask = kwargs.get("attn_mask") if func is SDPA else kwargs.get("attn_mask", None)
+            mask = kwargs.get("attn_mask")
             self.calls[(func, (layout(q), layout(k), layout(v), None if mask is None else layout(mask)))] += 1
         return func(*args, **kwargs)
 
@@ -66,7 +68,7 @@ def flops(func, layouts) -> float:
         return 2.0 * batch * m * k * n
     (q, *_), (k, *_) = layouts[0], layouts[1]
     forward = 4.0 * q[0] * q[1] * q[2] * k[2] * q[3]  # QK^T and PV
-    return forward if func is SDPA else 2 * forward
+    return forward if func is SDPA else ATTENTION_BACKWARD * forward
 
 
 def tensor_like(shape, stride, dtype) -> torch.Tensor:
@@ -77,7 +79,7 @@ def tensor_like(shape, stride, dtype) -> torch.Tensor:
 
 def standalone_seconds(func, layouts, reps: int = 5) -> float:
     """Fastest of ``reps`` standalone runs of one recorded call (an attention backward is timed as
-    two forwards at its shapes: the flash backward recomputes scores and does 2x the matmuls)."""
+    :data:`ATTENTION_BACKWARD` forwards at its shapes)."""
     if func in MATMULS:
         operands = [tensor_like(*lt) for lt in layouts]
         run = lambda: func(*operands)  # noqa: E731
@@ -86,7 +88,7 @@ def standalone_seconds(func, layouts, reps: int = 5) -> float:
         q, k, v = (tensor_like(*lt) for lt in layouts[:3])
         mask = None if layouts[3] is None else tensor_like(*layouts[3])
         run = lambda: SDPA(q, k, v, attn_mask=mask)  # noqa: E731
-        scale = 1.0 if func is SDPA else 2.0
+        scale = 1.0 if func is SDPA else ATTENTION_BACKWARD
     run()
     best = float("inf")
     for _ in range(reps):
@@ -140,8 +142,7 @@ def main() -> None:
     trainer.step()  # warm-up
     recorder, walls, query_tokens = KernelRecorder(), [], []
     for step in range(1, args.steps):
-        query_tokens.append(float(trainer.batch_prompts(step) and
-                                  statistics.mean(len(tok(p).input_ids) for p in trainer.batch_prompts(step))))
+        query_tokens.append(statistics.mean(len(tok(p).input_ids) for p in trainer.batch_prompts(step)))
         start = time.perf_counter()
         with recorder:
             trainer.step()
@@ -165,8 +166,9 @@ def main() -> None:
         result["peer_step_s"] = peer["peer_median_step_s"]
         result["floor_over_peer"] = floor / peer["peer_median_step_s"]
     print(f"step {total_flops / 1e9:.0f} GFLOP ({matmul_flops / total_flops:.0%} matmul; rlhf estimate "
-          f"{result['estimate_gflop']:.0f}); kernel floor {floor:.2f} s; step {step_s:.2f} s "
-          f"(floor/step {floor / step_s:.2f}); peak GEMM {result['peak_gemm_gflops']:.0f} GFLOP/s", flush=True)
+          f"{result['estimate_gflop']:.0f}); kernel floor {floor:.2f} s; peak floor {result['peak_floor_s']:.2f} s "
+          f"(GEMM {result['peak_gemm_gflops']:.0f} GFLOP/s); step {step_s:.2f} s (floor/step {floor / step_s:.2f})",
+          flush=True)
     print(json.dumps(result))
 
 

@@ -159,7 +159,7 @@ def main() -> None:
     med = lambda key: statistics.median(r[key] for r in rest)  # noqa: E731
     result = {
         "steps": args.steps, "mixed_precision": args.mixed_precision, "frozen_encoder": args.frozen_encoder,
-        "compiled": args.compile and not trainer.compile_fallback, "batch_size": args.batch_size, "new_tokens": args.new_tokens, "threads": args.threads,
+        "compiled": trainer.policy.compiled, "batch_size": args.batch_size, "new_tokens": args.new_tokens, "threads": args.threads,
         "median_step_s": med("wall_s"), "first_step_s": rows[0]["wall_s"], "generate_s": med("time/generate"),
         "score_s": med("time/score"), "forward_s": med("time/forward"), "update_s": med("time/update"),
         "gen_tokens_per_s": statistics.median(args.batch_size * args.new_tokens / r["time/generate"] for r in rest),

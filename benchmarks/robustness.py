@@ -77,6 +77,10 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
 
 def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[str] = ()) -> tuple[Path, float]:
     name = f"s{seed}-w{world}" + (f"-t{threads}" if threads else "")
+    if overrides:  # a variant's runs never pass for the default's (or another variant's) finished runs
+        import hashlib
+
+        name += "-" + hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
     run_dir = out / name
     if (run_dir / "report.json").is_file():
         return run_dir, json.loads((run_dir / "timing.json").read_text())["seconds"] if (run_dir / "timing.json").is_file() else float("nan")

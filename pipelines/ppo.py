@@ -77,7 +77,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
                "frozen_encoder": cfg.frozen_encoder,
-               "compiled": cfg.compile and not trainer.compile_fallback,
+               "compiled": trainer.policy.compiled,
                "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1),
                "train_prompts_truncated": n_truncated,
                "precision": precision_note(config.model.dtype, config.model.mixed_precision)}

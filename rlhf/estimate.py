@@ -56,11 +56,12 @@ def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torc
     return shape, model
 
 
-CROSS_KV = re.compile(r"(EncDecAttention\.[kv]|encoder_attn\.[kv]_proj)\.")
+CROSS_KV = re.compile(r"EncDecAttention\.[kv]\.")
 
 
 def shape_of(model: torch.nn.Module) -> Shape:
-    """The :class:`Shape` of a (T5- or BART-style) seq2seq model, PEFT-wrapped or not."""
+    """The :class:`Shape` of a T5-family seq2seq model (``encoder.block`` / ``decoder.block``
+    parameter names, ``num_heads`` / ``num_layers`` config keys), PEFT-wrapped or not."""
     cfg = model.config
     named = [(n.removeprefix("base_model.model."), p) for n, p in model.named_parameters()]
     enc = sum(p.numel() for n, p in named if n.startswith("encoder.block"))
@@ -72,22 +73,23 @@ def shape_of(model: torch.nn.Module) -> Shape:
                  total, cross_kv)
 
 
-def lora_params(model: torch.nn.Module, lora_cfg) -> int:
+def lora_params(model: torch.nn.Module, lora_cfg, decoder_only: bool = False) -> int:
     from rlhf.models import apply_lora
 
-    wrapped = apply_lora(model, lora_cfg)
+    wrapped = apply_lora(model, lora_cfg, decoder_only=decoder_only)
     n = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     wrapped.unload()
     return n
 
 
-def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str) -> float:
-    """Activations kept for backward: transformer layers plus logits and their gradient."""
+def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str, with_encoder: bool = True) -> float:
+    """Activations kept for backward: transformer layers plus logits and their gradient
+    (``with_encoder=False``: an update that runs the decoder alone, ``ppo.frozen_encoder``)."""
     def per_layer(seq: int) -> float:
         return seq * batch * s.d_model * (34 + 5 * s.n_heads * seq / s.d_model)
 
     scale = ACTIVATION_BYTES[dtype] / 2
-    layers = s.enc_layers * per_layer(src) + 1.5 * s.dec_layers * per_layer(tgt)
+    layers = with_encoder * s.enc_layers * per_layer(src) + 1.5 * s.dec_layers * per_layer(tgt)
     logits = 2 * batch * tgt * s.vocab * 4
     return layers * scale + logits
 
@@ -145,7 +147,7 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
                  "configured": configured_precision(config)}
     sft_tgt, sft_b = config.sft.max_target_length, config.sft.batch_size
     lora_sft = lora_params(model, config.sft.lora)
-    lora_ppo = lora_params(model, config.ppo.lora)
+    lora_ppo = lora_params(model, config.ppo.lora, decoder_only=config.ppo.frozen_encoder)
     for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
         out["stages"][name] = {"trainable_params": trainable, **{
             dtype: memory(s.total, trainable, dtype, activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in PRECISIONS}}
@@ -156,7 +158,8 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
     out["stages"]["ppo"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
                             else "frozen copy", "reward_params": reward_params, **{
         dtype: memory(s.total + extra, ppo_trainable, dtype,
-                      activation_bytes(s, p.mini_batch_size, src, p.max_new_tokens, dtype)) for dtype in PRECISIONS}}
+                      activation_bytes(s, p.mini_batch_size, src, p.max_new_tokens, dtype, not p.frozen_encoder))
+        for dtype in PRECISIONS}}
     out["ppo_step_flops"] = ppo_step_flops(s, p, src)
     return out
 

@@ -119,9 +119,9 @@ def compile_unavailable(device: torch.device) -> str | None:
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
         return "no C++ compiler on PATH"
     if device.type == "cuda":
-        from torch.utils._triton import has_triton
+        import importlib.util
 
-        if not has_triton():
+        if importlib.util.find_spec("triton") is None:
             return "Triton is not installed"
     try:
         x = torch.ones(4, device=device, requires_grad=True)

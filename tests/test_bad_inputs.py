@@ -114,6 +114,7 @@ CASES = {
     "clean_at_above_one": (lambda t: ["ppo", *exp(t, "reward.clean_at=1.5")], ["'reward.clean_at'", "1.5"]),
     "frozen_encoder_not_bool": (lambda t: ["ppo", *exp(t, "ppo.frozen_encoder=maybe")],
                                 ["'ppo.frozen_encoder'", "maybe"]),
+    "compile_not_bool": (lambda t: ["ppo", *exp(t, "ppo.compile=sometimes")], ["'ppo.compile'", "sometimes"]),
     "grad_norm_nan": (lambda t: ["ppo", *exp(t, "ppo.max_grad_norm=.nan")], ["'ppo.max_grad_norm'", "nan"]),
     "epochs_inf_text": (lambda t: ["sft", *exp(t, "sft.epochs=inf")], ["'sft.epochs'", "inf", "not a finite"]),
     "yaml_inf_in_file": (lambda t: ["reward", *exp(t, reward={"learning_rate": float("inf")})],

@@ -80,3 +80,13 @@ def test_shape_counts_t5_cross_attention_keys_and_values():
     with torch.device("meta"):
         s = shape_of(T5ForConditionalGeneration(cfg))
     assert s.cross_kv == 3 * 2 * 16 * 8  # 3 decoder layers x (k, v) x d_model x heads * d_kv
+
+
+def test_frozen_encoder_estimate_trains_and_keeps_the_decoder_only(flan_base_config):
+    from dataclasses import replace
+
+    frozen_config = replace(flan_base_config, ppo=replace(flan_base_config.ppo, frozen_encoder=True))
+    default, frozen = (estimate(c, prompt_tokens=200)["stages"]["ppo"] for c in (flan_base_config, frozen_config))
+    # the default PPO LoRA (q,v) has 12 encoder and 12 decoder self-attention + 12 cross-attention layers
+    assert frozen["trainable_params"] - 769 == (default["trainable_params"] - 769) * 24 // 36
+    assert frozen["fp32"]["activations"] < 0.8 * default["fp32"]["activations"]

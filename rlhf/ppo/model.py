@@ -75,6 +75,29 @@ class Policy(nn.Module):
         return why
 
     @property
+    def compiled(self) -> bool:
+        """Whether the training forward runs compiled (after any fallback)."""
+        return self._train_forward is not None
+
+    def eager_training_forward(self) -> None:
+        """Undo :meth:`compile_training_forward` (a policy reused without ``ppo.compile``)."""
+        self._train_forward = None
+
+    def _compiled(self, inputs: dict):
+        """The compiled forward; if compiling it fails (toolchain, an op inductor cannot lower), one
+        line on stderr and None: this and every later pass run eagerly."""
+        try:
+            return self._train_forward(**inputs)
+        except Exception as err:  # the failed compile ran nothing, so the eager retry is exact
+            import sys
+
+            self._train_forward = None
+            reason = str(err).splitlines()[0] if str(err) else ""
+            print(f"ppo: ppo.compile: compiling the update failed ({type(err).__name__}: {reason}); running "
+                  "eagerly", file=sys.stderr, flush=True)
+            return None
+
+    @property
     def is_lora(self) -> bool:
         return hasattr(self.lm, "disable_adapter")
 
@@ -82,10 +105,11 @@ class Policy(nn.Module):
                 encoder_states: torch.Tensor | None = None) -> ForwardOut:
         """``encoder_states`` [B, S, d]: this policy's encoder outputs for ``input_ids``, if already
         computed (then only the decoder runs)."""
-        lm = self._train_forward if self._train_forward is not None and torch.is_grad_enabled() else self.lm
-        out = lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                 encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
-                 use_cache=False)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                      encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
+                      use_cache=False)
+        out = self._compiled(inputs) if self._train_forward is not None and torch.is_grad_enabled() else None
+        out = self.lm(**inputs) if out is None else out
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return ForwardOut(out.logits, values)
 

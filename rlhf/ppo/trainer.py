@@ -84,6 +84,8 @@ class PPOTrainer:
         self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         # ppo.compile: why the update stays eager (None = compiled, or not asked for)
         self.compile_fallback = self.policy.compile_training_forward() if cfg.compile else None
+        if not cfg.compile:
+            self.policy.eager_training_forward()
         self.kl_ctl = make_kl_controller(cfg.kl)
         self.step_count = 0
         self.start_token = policy.lm.config.decoder_start_token_id

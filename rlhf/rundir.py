@@ -34,6 +34,10 @@ STAGE_SECTIONS = {
     "evaluate": ("seed", "model", "data", "tinyworld", "sft", "reward", "ppo", "evaluate"),
 }
 
+# Settings that change how a stage runs, not what it produces (compiled kernels compute the same
+# maths; trackers only watch): a finished stage is not redone for them.
+RUN_ONLY = frozenset({"ppo.compile", "ppo.report_to"})
+
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
@@ -137,7 +141,7 @@ def recorded_config(config: ExperimentConfig, stage: str) -> dict:
 def changed_settings(config: ExperimentConfig, stage: str) -> list[tuple[str, object, object]]:
     """Settings ``stage`` reads (:data:`STAGE_SECTIONS`) whose value differs from its record."""
     sections = STAGE_SECTIONS.get(stage) or [k for k in to_dict(config) if k not in ("run_name", "output_dir")]
-    return differences(recorded_config(config, stage), to_dict(config), sections)
+    return [d for d in differences(recorded_config(config, stage), to_dict(config), sections) if d[0] not in RUN_ONLY]
 
 
 def check_finished_unchanged(config: ExperimentConfig, stages: list[str]) -> None:

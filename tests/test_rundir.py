@@ -60,6 +60,10 @@ def test_a_finished_stage_is_checked_against_the_settings_it_reads(small_config)
     start_stage(small_config, "sft").finish()
     check_finished_unchanged(small_config, ["prompt", "sft"])  # unchanged: fine
     check_finished_unchanged(_with(small_config, "evaluate", n_samples=3), ["prompt", "sft"])  # not read by either
+    start_stage(small_config, "ppo").finish()
+    check_finished_unchanged(_with(small_config, "ppo", compile=True, report_to=["tensorboard"]), ["ppo"])  # run-only
+    with pytest.raises(UserError, match=r"other settings \(ppo.steps: \d+ -> 99\); add --force"):
+        check_finished_unchanged(_with(small_config, "ppo", compile=True, steps=99), ["ppo"])
     with pytest.raises(UserError, match=r"^prompt: finished in .*prompt with other settings "
                                         r"\(prompt.n_dialogues: 6 -> 3\); add --force to redo it$"):
         check_finished_unchanged(_with(small_config, "prompt", n_dialogues=3), ["prompt", "sft", "ppo"])

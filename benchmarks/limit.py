@@ -89,26 +89,23 @@ def standalone_seconds(func, layouts, reps: int = 5) -> float:
         mask = None if layouts[3] is None else tensor_like(*layouts[3])
         run = lambda: SDPA(q, k, v, attn_mask=mask)  # noqa: E731
         scale = 1.0 if func is SDPA else ATTENTION_BACKWARD
-    run()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best * scale
+    return fastest(run, reps) * scale
 
 
 def peak_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / fastest(lambda: a @ b, reps) / 1e9
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
+def fastest(fn, reps: int) -> float:
+    """Seconds of the fastest of ``reps`` calls of ``fn``, after one warm-up call."""
     fn()
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def estimate_flops(trainer, query_tokens: float) -> float:
@@ -148,9 +145,10 @@ def main() -> None:
             trainer.step()
         walls.append(time.perf_counter() - start)
     n = args.steps - 1
-    total_flops = sum(flops(f, lts) * c for (f, lts), c in recorder.calls.items()) / n
+    call_flops = {(f, lts): flops(f, lts) * c / n for (f, lts), c in recorder.calls.items()}
+    total_flops = sum(call_flops.values())
+    matmul_flops = sum(x for (f, _), x in call_flops.items() if f in MATMULS)
     floor = sum(standalone_seconds(f, lts) * c for (f, lts), c in recorder.calls.items()) / n
-    matmul_flops = sum(flops(f, lts) * c for (f, lts), c in recorder.calls.items() if f in MATMULS) / n
     step_s = statistics.median(walls)
     result = {"cpu": cpu_description(), "threads": args.threads, "frozen_encoder": args.frozen_encoder,
               "mixed_precision": args.mixed_precision, "steps_recorded": n,

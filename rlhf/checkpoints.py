@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from rlhf.artifacts import remove_leftovers
+from rlhf.errors import first_line
 
 
 class CheckpointError(Exception):
@@ -108,5 +109,4 @@ def shape_mismatch(found: dict[str, torch.Tensor], expected: dict[str, torch.Siz
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return first_line(err)[:200]

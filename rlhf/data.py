@@ -80,7 +80,7 @@ def load_raw(source: str):
     except UserError:
         raise
     except Exception as err:  # datasets raises many types; the user needs one line
-        from rlhf.models import first_line
+        from rlhf.errors import first_line
 
         raise UserError(f"could not read data source {source}: {first_line(err)}") from None
 

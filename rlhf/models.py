@@ -11,15 +11,10 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ModelConfig
-from rlhf.errors import UserError
+from rlhf.errors import UserError, first_line
 from rlhf.runtime import default_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def looks_like_missing_path(name: str) -> bool:
@@ -113,6 +108,14 @@ def trainable_encoder_weights(model: torch.nn.Module) -> list[str]:
     encoder = model.get_encoder()
     enc_ids = {id(p) for p in encoder.parameters()}
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in enc_ids]
+
+
+def refuse_trainable_encoder(model: torch.nn.Module) -> None:
+    """``ppo.frozen_encoder`` reuses the rollout's encoder states for the reference and every update:
+    refuse (one line) if training would change any weight the encoder uses."""
+    if trainable := trainable_encoder_weights(model):
+        raise UserError(f"config key 'ppo.frozen_encoder': {len(trainable)} encoder weights would train, "
+                        f"e.g. {trainable[0]}")
 
 
 def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM", decoder_only: bool = False):

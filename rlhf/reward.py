@@ -14,7 +14,7 @@ import torch
 
 from rlhf.config import RewardConfig, RewardDataConfig
 from rlhf.errors import UserError
-from rlhf.models import first_line
+from rlhf.errors import first_line
 
 ID2LABEL = {0: "non-toxic", 1: "toxic"}
 

@@ -116,6 +116,8 @@ def compile_unavailable(device: torch.device) -> str | None:
     compiler on CPU and Triton on GPUs. A small function with a backward is compiled as a probe."""
     import shutil
 
+    from rlhf.errors import first_line
+
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
         return "no C++ compiler on PATH"
     if device.type == "cuda":
@@ -127,7 +129,7 @@ def compile_unavailable(device: torch.device) -> str | None:
         x = torch.ones(4, device=device, requires_grad=True)
         torch.compile(lambda t: (t * 2).sin().sum(), dynamic=False)(x).backward()
     except Exception as err:  # any failure of the toolchain means: run eagerly
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return f"{type(err).__name__}: {first_line(err)}"
     return None
 
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from rlhf.config import ExperimentConfig
-from rlhf.errors import UserError
-from rlhf.models import apply_lora, load_seq2seq, trainable_encoder_weights
+from rlhf.errors import UserError, first_line
+from rlhf.models import apply_lora, load_seq2seq, refuse_trainable_encoder
 
 
 @contextlib.contextmanager
@@ -85,17 +85,16 @@ class Policy(nn.Module):
 
     def _compiled(self, inputs: dict):
         """The compiled forward; if compiling it fails (toolchain, an op inductor cannot lower), one
-        line on stderr and None: this and every later pass run eagerly."""
+        line on stderr, and this and every later pass run eagerly."""
         try:
             return self._train_forward(**inputs)
         except Exception as err:  # the failed compile ran nothing, so the eager retry is exact
             import sys
 
             self._train_forward = None
-            reason = str(err).splitlines()[0] if str(err) else ""
-            print(f"ppo: ppo.compile: compiling the update failed ({type(err).__name__}: {reason}); running "
-                  "eagerly", file=sys.stderr, flush=True)
-            return None
+            print(f"ppo: ppo.compile: compiling the update failed ({type(err).__name__}: {first_line(err)}); "
+                  "running eagerly", file=sys.stderr, flush=True)
+            return self.lm(**inputs)
 
     @property
     def is_lora(self) -> bool:
@@ -108,8 +107,7 @@ class Policy(nn.Module):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                       encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
                       use_cache=False)
-        out = self._compiled(inputs) if self._train_forward is not None and torch.is_grad_enabled() else None
-        out = self.lm(**inputs) if out is None else out
+        out = self._compiled(inputs) if self.compiled and torch.is_grad_enabled() else self.lm(**inputs)
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return ForwardOut(out.logits, values)
 
@@ -184,9 +182,6 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
     if config.ppo.frozen_encoder:
         if config.ppo.policy != "lora":
             raise UserError("config key 'ppo.frozen_encoder': needs ppo.policy lora (a full policy trains the encoder)")
-        trainable = trainable_encoder_weights(lm)
-        if trainable:
-            raise UserError(f"config key 'ppo.frozen_encoder': {len(trainable)} encoder weights would train, "
-                            f"e.g. {trainable[0]}")
+        refuse_trainable_encoder(lm)
     head = ValueHead(lm.config.d_model, config.ppo.value_head_init_std)
     return Policy(lm, head, ref_lm).eval()

@@ -17,7 +17,7 @@ import torch
 from rlhf.checkpoints import CheckpointError, first_non_finite, numbered, shape_mismatch
 from rlhf.config import PpoConfig
 from rlhf.errors import UserError
-from rlhf.models import trainable_encoder_weights
+from rlhf.models import refuse_trainable_encoder
 from rlhf.ppo import core
 from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
@@ -66,10 +66,8 @@ class PPOTrainer:
 
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
-        if cfg.frozen_encoder and (trainable := trainable_encoder_weights(policy.lm)):
-            # the reference and the update would reuse encoder states that training changes
-            raise UserError(f"config key 'ppo.frozen_encoder': {len(trainable)} encoder weights would train, "
-                            f"e.g. {trainable[0]}")
+        if cfg.frozen_encoder:  # the reference and the update reuse encoder states: none may train
+            refuse_trainable_encoder(policy.lm)
         if accelerator is None:  # a Trainer earlier in this process (`rlhf run`) set its own precision; as it does
             AcceleratorState._reset_state(reset_partial_state=False)  # for itself, reset (the process group stays)
         self.accelerator = accelerator or Accelerator(

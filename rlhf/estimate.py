@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.config import ExperimentConfig
+from rlhf.errors import UserError
 
 PRECISIONS = ("fp32", "bf16_mixed", "bf16_pure")
 ACTIVATION_BYTES = {"fp32": 4, "bf16_mixed": 2, "bf16_pure": 2}
@@ -56,6 +57,7 @@ def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torc
     return shape, model
 
 
+T5_KEYS = ("d_model", "num_heads", "num_layers", "num_decoder_layers", "vocab_size")
 CROSS_KV = re.compile(r"EncDecAttention\.[kv]\.")
 
 
@@ -63,6 +65,10 @@ def shape_of(model: torch.nn.Module) -> Shape:
     """The :class:`Shape` of a T5-family seq2seq model (``encoder.block`` / ``decoder.block``
     parameter names, ``num_heads`` / ``num_layers`` config keys), PEFT-wrapped or not."""
     cfg = model.config
+    missing = [k for k in T5_KEYS if getattr(cfg, k, None) is None]
+    if missing:  # e.g. BART (encoder_attention_heads, ...): its layout is not counted here
+        raise UserError(f"rlhf estimate counts T5-family models only: model type '{cfg.model_type}' has no "
+                        f"config key {missing[0]}")
     named = [(n.removeprefix("base_model.model."), p) for n, p in model.named_parameters()]
     enc = sum(p.numel() for n, p in named if n.startswith("encoder.block"))
     dec = sum(p.numel() for n, p in named if n.startswith("decoder.block"))

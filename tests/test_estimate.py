@@ -90,3 +90,15 @@ def test_frozen_encoder_estimate_trains_and_keeps_the_decoder_only(flan_base_con
     # the default PPO LoRA (q,v) has 12 encoder and 12 decoder self-attention + 12 cross-attention layers
     assert frozen["trainable_params"] - 769 == (default["trainable_params"] - 769) * 24 // 36
     assert frozen["fp32"]["activations"] < 0.8 * default["fp32"]["activations"]
+
+
+def test_a_model_outside_the_t5_family_is_refused_in_one_line(tmp_path):
+    from transformers import BartConfig
+
+    from rlhf.errors import UserError
+
+    BartConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+               encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=40).save_pretrained(tmp_path / "bart")
+    config = config_from_dict({"model": {"name": str(tmp_path / "bart")}, "reward": {"model": str(tmp_path / "none")}})
+    with pytest.raises(UserError, match="T5-family models only: model type 'bart' has no config key num_heads"):
+        estimate(config)

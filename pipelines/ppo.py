@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from rlhf.artifacts import atomic_dir, atomic_write_text
 from rlhf.checkpoints import clean_stray
 from rlhf.config import ExperimentConfig, to_dict
-from rlhf.data import format_prompt, group_dialogues, load_splits
+from rlhf.data import format_prompt, group_dialogues, load_splits, toxic_flags
 from rlhf.models import load_tokenizer
 from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.ppo.evaluation import before_after
@@ -45,12 +45,13 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
         clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
     stage = start_stage(config, "ppo")
     splits = load_splits(config.data, config.seed)
+    toxic = None if cfg.toxic_share is None else toxic_flags(splits["train"], config.data, "train")
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
     prompts = [format_prompt(d, config.data.template) for d in splits["train"]["dialogue"]]
     n_truncated = _report_truncation(tokenizer, prompts, config.model.max_input_length, say)
-    trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed,
+    trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
                          log_dir=stage.dir / "trackers", config_record=to_dict(config),
                          mixed_precision=config.model.mixed_precision)

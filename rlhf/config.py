@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from rlhf.configfields import (each, fraction, home, non_negative, opt, optional, path_name, positive, seed_value,
-                               unit_closed, unit_open_closed)
+                               unit_closed, unit_open, unit_open_closed)
 from rlhf.configload import _build, _merge, parse_overrides, read_yaml
 from rlhf.errors import UserError
 
@@ -259,6 +259,8 @@ class PpoConfig:
     compile: bool = opt(False, doc="torch.compile the policy's training forward and backward (fused kernels; the "
                         "first step pays the compile, cached on disk for later runs); eager where compile is "
                         "unavailable")
+    toxic_share: Optional[float] = opt(None, optional(unit_open), "share of each batch drawn from the toxic training "
+                                       "prompts (data.toxic_column), the rest from the clean ones; null = as they come")
     value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
     save_steps: int = opt(10, positive, "checkpoint every N steps")
     sample_steps: int = opt(10, positive, "write sample generations every N steps")
@@ -270,6 +272,14 @@ class PpoConfig:
         if self.batch_size % self.mini_batch_size:
             raise UserError(f"config key 'ppo.batch_size': value {self.batch_size} must be a multiple of "
                             f"ppo.mini_batch_size ({self.mini_batch_size})")
+        if self.toxic_per_batch is not None and not 0 < self.toxic_per_batch < self.batch_size:
+            raise UserError(f"config key 'ppo.toxic_share': value {self.toxic_share} gives {self.toxic_per_batch} of "
+                            f"{self.batch_size} prompts per batch; both toxic and clean ones are needed")
+
+    @property
+    def toxic_per_batch(self) -> int | None:
+        """Toxic prompts in every batch under ``toxic_share`` (None: no stratified batches)."""
+        return None if self.toxic_share is None else round(self.batch_size * self.toxic_share)
 
 
 @dataclass
@@ -319,6 +329,9 @@ class ExperimentConfig:
         if not self.output_dir.strip() or not self.output_dir.isprintable():
             raise UserError(f"config key 'output_dir': value {self.output_dir!r} is not a usable folder path")
         self.output_dir = str(Path(self.output_dir).expanduser())
+        if self.ppo.toxic_share is not None and not self.data.toxic_column:
+            raise UserError(f"config key 'ppo.toxic_share': value {self.ppo.toxic_share} needs data.toxic_column, "
+                            f"the column that marks the toxic training prompts")
 
     @property
     def run_dir(self) -> Path:

@@ -21,6 +21,10 @@ def unit_open_closed(v: Any) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def unit_open(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
 def unit_closed(v: Any) -> str | None:
     return None if 0 <= v <= 1 else "must be in [0, 1]"
 

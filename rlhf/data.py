@@ -207,6 +207,19 @@ def load_eval_dialogues(cfg: DataConfig, seed: int, n: int | None = None, split:
     return dialogues[:n] if n else dialogues
 
 
+def toxic_flags(ds, cfg: DataConfig, split: str) -> list[bool]:
+    """``data.toxic_column`` of every row of ``split`` (``ppo.toxic_share`` draws batches by it)."""
+    if cfg.toxic_column not in ds.column_names:
+        raise UserError(f"data source {cfg.source}: split '{split}' has no column '{cfg.toxic_column}' "
+                        f"(columns: {', '.join(ds.column_names)}); set data.toxic_column")
+    flags = ds[cfg.toxic_column]
+    for i, flag in enumerate(flags):
+        if not isinstance(flag, bool):
+            raise UserError(f"data source {cfg.source}: column '{cfg.toxic_column}' has a non-boolean value "
+                            f"{flag!r} (split '{split}', row {i})")
+    return flags
+
+
 # --------------------------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from rlhf.models import refuse_trainable_encoder
 from rlhf.ppo import core
 from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
+from rlhf.ppo.sampling import batch_indices
 from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
                                score_responses)
 from rlhf.reward import scored_texts
@@ -43,6 +44,21 @@ def check_finite(step: int, last_checkpoint: Path | None, **values) -> None:
             raise NonFiniteError(f"PPO step {step}: {where} is not finite; stopping ({last})")
 
 
+def check_strata(toxic: list[bool] | None, cfg: PpoConfig, n_prompts: int) -> list[bool] | None:
+    """The toxic flags that ``ppo.toxic_share`` draws batches by: one per prompt, and both strata
+    non-empty, else one line naming the key."""
+    if cfg.toxic_share is None:
+        return None
+    if toxic is None or len(toxic) != n_prompts:
+        raise UserError("config key 'ppo.toxic_share': needs a toxic flag for every training prompt "
+                        "(data.toxic_column)")
+    n_toxic = sum(map(bool, toxic))
+    if n_toxic == 0 or n_toxic == n_prompts:
+        raise UserError(f"config key 'ppo.toxic_share': value {cfg.toxic_share} needs toxic and clean training "
+                        f"prompts, but {n_toxic} of {n_prompts} are toxic (data.toxic_column)")
+    return [bool(t) for t in toxic]
+
+
 @dataclass
 class Batch:
     """One step's rollouts, all [B, T] unless noted."""
@@ -60,12 +76,13 @@ class Batch:
 class PPOTrainer:
     def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: PpoConfig, *, seed: int,
                  max_input_length: int, score_with_prompt: bool = False, accelerator=None, log_dir: Path | None = None,
-                 config_record: dict | None = None, mixed_precision: str = "no"):
+                 config_record: dict | None = None, mixed_precision: str = "no", toxic: list[bool] | None = None):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
+        self.toxic = check_strata(toxic, cfg, len(prompts))
         if cfg.frozen_encoder:  # the reference and the update reuse encoder states: none may train
             refuse_trainable_encoder(policy.lm)
         if accelerator is None:  # a Trainer earlier in this process (`rlhf run`) set its own precision; as it does
@@ -96,13 +113,9 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ data
     def batch_prompts(self, step: int) -> list[str]:
-        """This rank's share of step ``step``'s prompts: a seeded permutation per pass over the data."""
-        b, n = self.cfg.batch_size, len(self.prompts)
-        idx = []
-        for pos in range(step * b, (step + 1) * b):
-            epoch, offset = divmod(pos, n)
-            gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            idx.append(int(torch.randperm(n, generator=gen)[offset]))
+        """This rank's share of step ``step``'s prompts (:func:`rlhf.ppo.sampling.batch_indices`)."""
+        idx = batch_indices(len(self.prompts), self.cfg.batch_size, step, self.seed, self.toxic,
+                            self.cfg.toxic_per_batch)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         return [self.prompts[i] for i in idx[rank::world]]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhf.config import config_from_dict
-from rlhf.data import format_prompt, load_splits
+from rlhf.data import format_prompt, load_splits, toxic_flags
 from rlhf.models import load_tokenizer
 from rlhf.ppo.model import ValueHead, build_policy
 from rlhf.ppo.rollout import encode_queries, encoder_states, sample_responses, score_responses
@@ -33,10 +33,12 @@ class WordCountScorer:
 def make(tmp_path, scorer=None, **ppo):
     config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo={**PPO, **ppo})), log=lambda *_: None)
     tokenizer = load_tokenizer(config.model)
-    prompts = [format_prompt(d, "summarize") for d in load_splits(config.data, config.seed)["train"]["dialogue"]]
+    train = load_splits(config.data, config.seed)["train"]
+    prompts = [format_prompt(d, "summarize") for d in train["dialogue"]]
+    toxic = toxic_flags(train, config.data, "train") if config.ppo.toxic_share else None
     policy = build_policy(config, None)
     trainer = PPOTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.ppo, seed=config.seed,
-                         max_input_length=256)
+                         max_input_length=256, toxic=toxic)
     return trainer, config
 
 
@@ -121,6 +123,15 @@ def test_each_rank_takes_its_own_share(tmp_path):
         trainer.accelerator = Rank(rank)
         shares.append(trainer.batch_prompts(1))
     assert shares[0] == full[0::2] and shares[1] == full[1::2]
+
+
+def test_a_toxic_share_fills_every_batch_with_that_many_abusive_dialogues(tmp_path):
+    trainer, config = make(tmp_path, toxic_share=0.5)
+    train = load_splits(config.data, config.seed)["train"]
+    is_toxic = dict(zip((format_prompt(d, "summarize") for d in train["dialogue"]), train["toxic"]))
+    assert sum(train["toxic"]) < len(train) / 2  # the tiny world's share is lower
+    for step in range(3):
+        assert sum(is_toxic[p] for p in trainer.batch_prompts(step)) == 4
 
 
 def test_encoder_states_in_length_cut_chunks_match_one_padded_pass(tmp_path):

@@ -182,9 +182,8 @@ def group_dialogues(rows, cfg: DataConfig) -> list[EvalDialogue]:
         d = groups.get(row["dialogue"])
         if d is None:
             toxic = row.get(cfg.toxic_column) if cfg.toxic_column else None
-            if toxic is not None and not isinstance(toxic, bool):
-                raise UserError(f"data source {cfg.source}: column '{cfg.toxic_column}' has a non-boolean value "
-                                f"{toxic!r} (row {i})")
+            if toxic is not None:
+                _check_flag(cfg, toxic, f"row {i}")
             facts = row.get(cfg.key_facts_column) if cfg.key_facts_column else None
             if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
                 raise UserError(f"data source {cfg.source}: column '{cfg.key_facts_column}' is not a list of "
@@ -200,24 +199,33 @@ def load_eval_dialogues(cfg: DataConfig, seed: int, n: int | None = None, split:
     """The first ``n`` distinct dialogues of ``split`` (all when ``n`` is None), references grouped."""
     ds = load_splits(cfg, seed)[split]
     for col in (cfg.toxic_column, cfg.key_facts_column):
-        if col is not None and col not in ds.column_names:
-            raise UserError(f"data source {cfg.source}: split '{split}' has no column '{col}' "
-                            f"(columns: {', '.join(ds.column_names)}); set data.toxic_column / data.key_facts_column")
+        if col is not None:
+            _require_column(ds, cfg, split, col)
     dialogues = group_dialogues(ds, cfg)
     return dialogues[:n] if n else dialogues
 
 
 def toxic_flags(ds, cfg: DataConfig, split: str) -> list[bool]:
     """``data.toxic_column`` of every row of ``split`` (``ppo.toxic_share`` draws batches by it)."""
-    if cfg.toxic_column not in ds.column_names:
-        raise UserError(f"data source {cfg.source}: split '{split}' has no column '{cfg.toxic_column}' "
-                        f"(columns: {', '.join(ds.column_names)}); set data.toxic_column")
-    flags = ds[cfg.toxic_column]
+    _require_column(ds, cfg, split, cfg.toxic_column)
+    flags = list(ds[cfg.toxic_column])
     for i, flag in enumerate(flags):
-        if not isinstance(flag, bool):
-            raise UserError(f"data source {cfg.source}: column '{cfg.toxic_column}' has a non-boolean value "
-                            f"{flag!r} (split '{split}', row {i})")
+        _check_flag(cfg, flag, f"split '{split}', row {i}")
     return flags
+
+
+def _require_column(ds, cfg: DataConfig, split: str, col: str) -> None:
+    """One line naming the data source, split and column when ``split`` lacks a configured column."""
+    if col not in ds.column_names:
+        raise UserError(f"data source {cfg.source}: split '{split}' has no column '{col}' "
+                        f"(columns: {', '.join(ds.column_names)}); set data.toxic_column / data.key_facts_column")
+
+
+def _check_flag(cfg: DataConfig, value, where: str) -> None:
+    """``data.toxic_column`` holds booleans; anything else is named in one line."""
+    if not isinstance(value, bool):
+        raise UserError(f"data source {cfg.source}: column '{cfg.toxic_column}' has a non-boolean value "
+                        f"{value!r} ({where})")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import RewardConfig, RewardDataConfig
-from rlhf.errors import UserError
-from rlhf.errors import first_line
+from rlhf.errors import UserError, first_line
 
 ID2LABEL = {0: "non-toxic", 1: "toxic"}
 

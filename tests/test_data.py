@@ -153,3 +153,19 @@ def test_toxic_flag_and_key_facts_are_carried(tmp_path):
     write_jsonl(tmp_path / "test.jsonl", [{"dialogue": "a", "summary": "s", "toxic": "yes", "key_facts": ["x"]}])
     with pytest.raises(UserError, match="column 'toxic' has a non-boolean value 'yes'"):
         load_eval_dialogues(cfg, seed=0)
+
+
+def test_toxic_flags_of_the_training_split_are_booleans_or_one_line(tmp_path):
+    from rlhf.data import toxic_flags
+
+    write_jsonl(tmp_path / "train.jsonl", [{**r, "toxic": i % 2 == 0} for i, r in enumerate(rows(4))])
+    write_jsonl(tmp_path / "validation.jsonl", rows(2))
+    write_jsonl(tmp_path / "test.jsonl", rows(2))
+    cfg = DataConfig(source=str(tmp_path), toxic_column="toxic")
+    train = load_splits(cfg, seed=0)["train"]
+    assert toxic_flags(train, cfg, "train") == [True, False, True, False]
+    with pytest.raises(UserError, match="split 'train' has no column 'abusive'"):
+        toxic_flags(train, DataConfig(source=str(tmp_path), toxic_column="abusive"), "train")
+    write_jsonl(tmp_path / "train.jsonl", [{**r, "toxic": 1} for r in rows(4)])
+    with pytest.raises(UserError, match=r"column 'toxic' has a non-boolean value 1 \(split 'train', row 0\)"):
+        toxic_flags(load_splits(cfg, seed=0)["train"], cfg, "train")

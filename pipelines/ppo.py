@@ -16,6 +16,7 @@ from rlhf.models import load_tokenizer
 from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.ppo.evaluation import before_after
 from rlhf.ppo.model import build_policy
+from rlhf.ppo.ptx import ptx_pairs
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.progress import Progress
 from rlhf.reward import load_scorer
@@ -45,16 +46,19 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
         clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
     stage = start_stage(config, "ppo")
     splits = load_splits(config.data, config.seed)
-    toxic = None if cfg.toxic_share is None else toxic_flags(splits["train"], config.data, "train")
+    wants_flags = cfg.toxic_share is not None or (cfg.ptx_coef > 0 and config.data.toxic_column)
+    toxic = toxic_flags(splits["train"], config.data, "train") if wants_flags else None
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
     prompts = [format_prompt(d, config.data.template) for d in splits["train"]["dialogue"]]
     n_truncated = _report_truncation(tokenizer, prompts, config.model.max_input_length, say)
+    ptx = (ptx_pairs(prompts, list(splits["train"]["summary"]), toxic, cfg.ptx_coef, config.sft.max_target_length)
+           if cfg.ptx_coef > 0 else None)
     trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
                          log_dir=stage.dir / "trackers", config_record=to_dict(config),
-                         mixed_precision=config.model.mixed_precision)
+                         mixed_precision=config.model.mixed_precision, ptx=ptx)
     if trainer.compile_fallback:
         say(f"ppo: ppo.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
     log_path = stage.dir / "metrics.jsonl"

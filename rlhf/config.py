@@ -261,6 +261,9 @@ class PpoConfig:
                         "unavailable")
     toxic_share: Optional[float] = opt(None, optional(unit_open), "share of each batch drawn from the toxic training "
                                        "prompts (data.toxic_column), the rest from the clean ones; null = as they come")
+    ptx_coef: float = opt(0.0, non_negative, "PPO-ptx (InstructGPT): add this x the SFT loss of a mini-batch of "
+                          "training (dialogue, summary) pairs to every update, so the policy keeps summarizing where "
+                          "the reward is flat; with data.toxic_column only pairs not marked toxic; 0 = off")
     value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
     save_steps: int = opt(10, positive, "checkpoint every N steps")
     sample_steps: int = opt(10, positive, "write sample generations every N steps")

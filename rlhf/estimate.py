@@ -164,17 +164,20 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
     out["stages"]["ppo"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
                             else "frozen copy", "reward_params": reward_params, **{
         dtype: memory(s.total + extra, ppo_trainable, dtype,
-                      activation_bytes(s, p.mini_batch_size, src, p.max_new_tokens, dtype, not p.frozen_encoder))
+                      activation_bytes(s, p.mini_batch_size * (2 if p.ptx_coef > 0 else 1), src,  # ptx rows ride along
+                                       max(p.max_new_tokens, sft_tgt if p.ptx_coef > 0 else 0), dtype, not p.frozen_encoder))
         for dtype in PRECISIONS}}
-    out["ppo_step_flops"] = ppo_step_flops(s, p, src)
+    out["ppo_step_flops"] = ppo_step_flops(s, p, src, sft_tgt)
     return out
 
 
-def ppo_step_flops(s: Shape, p, src: int) -> dict[str, float]:
+def ppo_step_flops(s: Shape, p, src: int, ptx_target: int = 0) -> dict[str, float]:
     """FLOPs of one PPO step with prompts of ``src`` tokens and ``max_new_tokens`` responses.
 
     The encoder runs once at rollout; the policy's no-grad pass reuses its states. With
-    ``frozen_encoder`` the reference and every update reuse them too (no encoder after rollout)."""
+    ``frozen_encoder`` the reference and every update reuse them too (no encoder after rollout).
+    With ``ptx_coef`` every update also trains on as many supervised pairs (summaries of
+    ``ptx_target`` tokens) as it has rollouts; their encoder runs without a graph when frozen."""
     b, t = p.batch_size, p.max_new_tokens
     fwd, enc = forward_flops(s, b, src, t), encoder_flops(s, b, src)
     generate = fwd  # encoder once + one decoder token at a time with a KV cache
@@ -182,7 +185,12 @@ def ppo_step_flops(s: Shape, p, src: int) -> dict[str, float]:
     no_grad = 2 * (fwd - enc) + (0 if frozen else enc)  # policy (+ values) and reference
     backward_factor = 1.0 if p.policy == "lora" else 2.0
     update = p.ppo_epochs * (1 + backward_factor) * (fwd - enc if frozen else fwd)
-    return {"generate": generate, "forward_no_grad": no_grad, "update": update, "total": generate + no_grad + update}
+    ptx = 0.0
+    if p.ptx_coef > 0:
+        fwd_ptx = forward_flops(s, b, src, ptx_target)
+        ptx = p.ppo_epochs * ((1 + backward_factor) * (fwd_ptx - enc) + enc if frozen else (1 + backward_factor) * fwd_ptx)
+    return {"generate": generate, "forward_no_grad": no_grad, "update": update, "ptx": ptx,
+            "total": generate + no_grad + update + ptx}
 
 
 def format_estimate(est: dict) -> str:
@@ -196,5 +204,6 @@ def format_estimate(est: dict) -> str:
                          f"{m['optimizer']:.3f}, activations {m['activations']:.3f}, total {m['total']:.3f} GiB")
     f = est["ppo_step_flops"]
     lines.append(f"\nPPO step: {f['total'] / 1e12:.3f} TFLOP (generate {f['generate'] / 1e12:.3f}, no-grad forwards "
-                 f"{f['forward_no_grad'] / 1e12:.3f}, updates {f['update'] / 1e12:.3f})")
+                 f"{f['forward_no_grad'] / 1e12:.3f}, updates {f['update'] / 1e12:.3f}"
+                 + (f", ptx pairs {f['ptx'] / 1e12:.3f}" if f["ptx"] else "") + ")")
     return "\n".join(lines)

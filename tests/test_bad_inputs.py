@@ -117,6 +117,7 @@ CASES = {
     "toxic_share_one": (lambda t: ["ppo", *exp(t, "ppo.toxic_share=1")], ["'ppo.toxic_share'", "must be in (0, 1)"]),
     "toxic_share_without_column": (lambda t: ["ppo", *exp(t, "ppo.toxic_share=0.5", "data.toxic_column=null")],
                                    ["'ppo.toxic_share'", "needs data.toxic_column"]),
+    "ptx_coef_negative": (lambda t: ["ppo", *exp(t, "ppo.ptx_coef=-0.5")], ["'ppo.ptx_coef'", "-0.5"]),
     "compile_not_bool": (lambda t: ["ppo", *exp(t, "ppo.compile=sometimes")], ["'ppo.compile'", "sometimes"]),
     "grad_norm_nan": (lambda t: ["ppo", *exp(t, "ppo.max_grad_norm=.nan")], ["'ppo.max_grad_norm'", "nan"]),
     "epochs_inf_text": (lambda t: ["sft", *exp(t, "sft.epochs=inf")], ["'sft.epochs'", "inf", "not a finite"]),

@@ -69,6 +69,12 @@ def test_step_flops_count_cross_attention_per_prompt_token_and_skip_a_frozen_enc
     assert default["forward_no_grad"] == 2 * fwd - enc and frozen["forward_no_grad"] == 2 * (fwd - enc)
     assert frozen["update"] == default["update"] * (fwd - enc) / fwd
     assert frozen["generate"] == default["generate"] == fwd
+    assert default["ptx"] == frozen["ptx"] == 0
+    ptx = ppo_step_flops(s, replace(p, ptx_coef=0.5), 50, ptx_target=7)
+    ptx_fwd = forward_flops(s, p.batch_size, 50, 7)  # as many pairs as rollouts, each epoch, with a backward
+    assert ptx["ptx"] == p.ppo_epochs * 2 * ptx_fwd and ptx["total"] == default["total"] + ptx["ptx"]
+    frozen_ptx = ppo_step_flops(s, replace(p, ptx_coef=0.5, frozen_encoder=True), 50, ptx_target=7)
+    assert frozen_ptx["ptx"] == p.ppo_epochs * (2 * (ptx_fwd - enc) + enc)  # the pairs' encoder runs without a graph
 
 
 def test_shape_counts_t5_cross_attention_keys_and_values():

@@ -147,3 +147,10 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     with torch.no_grad():
         stats = {"clipfrac": masked_mean(((clipped - returns) ** 2 > (values - returns) ** 2).float(), response_mask)}
     return loss, stats
+
+
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, V] logits, [B, T] target ids, bool [B, T] (True = real token) -> the mean negative
+    log-likelihood of the real target tokens, fp32: PPO-ptx's term (Ouyang et al. 2022, eq. 2,
+    gamma * E[log pi(x)] on supervised data) as a loss to minimise."""
+    return -masked_mean(logprobs_from_logits(logits, targets), target_mask)

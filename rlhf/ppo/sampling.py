@@ -9,11 +9,12 @@ import torch
 def stream(pool: list[int], start: int, count: int, seed: int) -> list[int]:
     """Positions ``start .. start + count`` of an endless stream over ``pool``: one seeded
     permutation per pass, so every item comes once per pass (epoch) before any comes twice."""
-    out = []
+    out, perms = [], {}
     for pos in range(start, start + count):
         epoch, offset = divmod(pos, len(pool))
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        out.append(pool[int(torch.randperm(len(pool), generator=gen)[offset])])
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        out.append(pool[int(perms[epoch][offset])])
     return out
 
 

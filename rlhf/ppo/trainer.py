@@ -21,6 +21,7 @@ from rlhf.models import refuse_trainable_encoder
 from rlhf.ppo import core
 from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
+from rlhf.ppo.ptx import PtxBatch, PtxPairs, pad_cat
 from rlhf.ppo.sampling import batch_indices
 from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
                                score_responses)
@@ -76,13 +77,17 @@ class Batch:
 class PPOTrainer:
     def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: PpoConfig, *, seed: int,
                  max_input_length: int, score_with_prompt: bool = False, accelerator=None, log_dir: Path | None = None,
-                 config_record: dict | None = None, mixed_precision: str = "no", toxic: list[bool] | None = None):
+                 config_record: dict | None = None, mixed_precision: str = "no", toxic: list[bool] | None = None,
+                 ptx: PtxPairs | None = None):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
         self.toxic = check_strata(toxic, cfg, len(prompts))
+        if cfg.ptx_coef > 0 and not ptx:
+            raise UserError(f"config key 'ppo.ptx_coef': value {cfg.ptx_coef} needs supervised training pairs")
+        self.ptx = ptx if cfg.ptx_coef > 0 else None  # PPO-ptx: pairs mixed into every update
         if cfg.frozen_encoder:  # the reference and the update reuse encoder states: none may train
             refuse_trainable_encoder(policy.lm)
         if accelerator is None:  # a Trainer earlier in this process (`rlhf run`) set its own precision; as it does
@@ -118,6 +123,12 @@ class PPOTrainer:
                             self.cfg.toxic_per_batch)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         return [self.prompts[i] for i in idx[rank::world]]
+
+    def ptx_batch(self, draw: int) -> PtxBatch:
+        """This rank's share of the ``draw``-th mini-batch of PPO-ptx pairs (``ppo.mini_batch_size`` over all processes)."""
+        idx = self.ptx.indices(draw, self.cfg.mini_batch_size, self.seed + 2)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return self.ptx.encode(self.tokenizer, idx[rank::world], self.max_input_length, self.accelerator.device)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, float]:
@@ -168,10 +179,12 @@ class PPOTrainer:
         }
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """``ppo_epochs`` passes over shuffled mini-batches of the rollouts."""
+        """``ppo_epochs`` passes over shuffled mini-batches of the rollouts; with PPO-ptx each
+        mini-batch's forward also carries a mini-batch of supervised pairs."""
         cfg = self.cfg
         dec = decoder_inputs(batch.responses, self.start_token)
         mb = max(1, cfg.mini_batch_size // self.accelerator.num_processes)
+        draws_per_step = cfg.ppo_epochs * -(-len(batch.responses) // mb)  # ptx draws are a function of the step
         sums: dict[str, float] = {}
         count, stop = 0, False
         lengths = batch.queries.attention_mask.sum(-1)
@@ -180,13 +193,22 @@ class PPOTrainer:
                 width = int(lengths[idx].max())  # no work on padding beyond this mini-batch's longest prompt
                 with self.accelerator.accumulate(self.model):
                     states = None if batch.states is None else batch.states[idx, :width]  # frozen: no encoder here
-                    out = self.model(batch.queries.input_ids[idx, :width], batch.queries.attention_mask[idx, :width],
-                                     dec[idx], encoder_states=states)
-                    logprobs = core.logprobs_from_logits(out.logits, batch.responses[idx])
+                    inputs = (batch.queries.input_ids[idx, :width], batch.queries.attention_mask[idx, :width], dec[idx])
+                    ptx = None if self.ptx is None else self.ptx_batch(self.step_count * draws_per_step + count)
+                    if ptx is not None:
+                        inputs, states = self.with_ptx(inputs, states, ptx)
+                    out = self.model(*inputs, encoder_states=states)
+                    n, t = len(idx), dec.shape[1]  # the PPO rows come first
+                    logprobs = core.logprobs_from_logits(out.logits[:n, :t], batch.responses[idx])
                     mask = batch.response_mask[idx]
                     pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)
-                    vf_loss, vf = core.value_loss(out.values, batch.values[idx], batch.returns[idx], mask, cfg.cliprange_value)
+                    vf_loss, vf = core.value_loss(out.values[:n, :t], batch.values[idx], batch.returns[idx], mask,
+                                                  cfg.cliprange_value)
                     loss = pg_loss + cfg.vf_coef * vf_loss
+                    if ptx is not None:  # InstructGPT eq. 2: + gamma * E[log pi(x)] on the SFT data
+                        ptx_loss = core.sft_loss(out.logits[n:, :ptx.targets.shape[1]], ptx.targets, ptx.target_mask)
+                        loss = loss + cfg.ptx_coef * ptx_loss
+                        sums["ppo/loss/ptx"] = sums.get("ppo/loss/ptx", 0.0) + float(ptx_loss.detach())
                     check_finite(self.step_count + 1, self.last_checkpoint, loss=loss)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients:
@@ -205,6 +227,17 @@ class PPOTrainer:
             if stop:
                 break
         return {k: v / max(1, count) for k, v in sums.items()} | {"ppo/minibatches": count, "ppo/early_stopped": stop}
+
+    def with_ptx(self, inputs: tuple, states: torch.Tensor | None, ptx: PtxBatch) -> tuple[tuple, torch.Tensor | None]:
+        """The mini-batch's (input_ids, attention_mask, decoder_input_ids) with the ptx pairs' rows
+        appended (one forward, one graph); with a frozen encoder also their encoder states."""
+        ids, att, dec = inputs
+        pad = self.tokenizer.pad_token_id
+        inputs = (pad_cat(ids, ptx.queries.input_ids, pad), pad_cat(att, ptx.queries.attention_mask, 0),
+                  pad_cat(dec, decoder_inputs(ptx.targets, self.start_token), pad))
+        if states is not None:
+            states = pad_cat(states, encoder_states(self.policy.lm, ptx.queries, len(ptx.targets)), 0.0)
+        return inputs, states
 
     def log(self, stats: dict) -> None:
         if self.cfg.report_to:

@@ -22,5 +22,6 @@ def test_two_cpu_ranks_stay_identical_and_split_the_batch(tmp_path):
     assert all(r["world"] == 2 and "MULTI_CPU" in r["distributed_type"] for r in ranks)
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were all-reduced
     assert ranks[0]["scores"] == ranks[1]["scores"]  # metrics gathered over both ranks
+    assert ranks[0]["ptx_loss"] > 0 and ranks[1]["ptx_loss"] > 0
     a, b = ranks[0]["prompts"], ranks[1]["prompts"]
     assert len(a) == len(b) == 4 and not set(a) & set(b)  # each rank generates for its own half

@@ -7,6 +7,7 @@ from rlhf.config import config_from_dict
 from rlhf.data import format_prompt, load_splits, toxic_flags
 from rlhf.models import load_tokenizer
 from rlhf.ppo.model import ValueHead, build_policy
+from rlhf.ppo.ptx import ptx_pairs
 from rlhf.ppo.rollout import encode_queries, encoder_states, sample_responses, score_responses
 from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
 from rlhf.tinyworld.build import resolve_tinyworld
@@ -30,15 +31,18 @@ class WordCountScorer:
         return torch.tensor([float(len(t.split())) for t in texts])
 
 
-def make(tmp_path, scorer=None, **ppo):
+def make(tmp_path, scorer=None, with_ptx=True, **ppo):
+    """A trainer on the small test world; with ``ppo.ptx_coef`` (and ``with_ptx``) the pipeline's ptx pairs."""
     config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo={**PPO, **ppo})), log=lambda *_: None)
     tokenizer = load_tokenizer(config.model)
     train = load_splits(config.data, config.seed)["train"]
     prompts = [format_prompt(d, "summarize") for d in train["dialogue"]]
-    toxic = toxic_flags(train, config.data, "train") if config.ppo.toxic_share else None
+    flags = toxic_flags(train, config.data, "train")
+    ptx = (ptx_pairs(prompts, list(train["summary"]), flags, config.ppo.ptx_coef, 32)
+           if config.ppo.ptx_coef > 0 and with_ptx else None)
     policy = build_policy(config, None)
     trainer = PPOTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.ppo, seed=config.seed,
-                         max_input_length=256, toxic=toxic)
+                         max_input_length=256, toxic=flags if config.ppo.toxic_share else None, ptx=ptx)
     return trainer, config
 
 

@@ -177,7 +177,9 @@ def ppo_step_flops(s: Shape, p, src: int, ptx_target: int = 0) -> dict[str, floa
     The encoder runs once at rollout; the policy's no-grad pass reuses its states. With
     ``frozen_encoder`` the reference and every update reuse them too (no encoder after rollout).
     With ``ptx_coef`` every update also trains on as many supervised pairs (summaries of
-    ``ptx_target`` tokens) as it has rollouts; their encoder runs without a graph when frozen."""
+    ``ptx_target`` tokens) as it has rollouts; their encoder runs without a graph when frozen. Each
+    row set is priced at its own width: the padding of the joint forward (both to the wider) is not
+    counted."""
     b, t = p.batch_size, p.max_new_tokens
     fwd, enc = forward_flops(s, b, src, t), encoder_flops(s, b, src)
     generate = fwd  # encoder once + one decoder token at a time with a KV cache

@@ -125,9 +125,11 @@ class PPOTrainer:
         return [self.prompts[i] for i in idx[rank::world]]
 
     def ptx_batch(self, draw: int) -> PtxBatch:
-        """This rank's share of the ``draw``-th mini-batch of PPO-ptx pairs (``ppo.mini_batch_size`` over all processes)."""
-        idx = self.ptx.indices(draw, self.cfg.mini_batch_size, self.seed + 2)
+        """This rank's share of the ``draw``-th mini-batch of PPO-ptx pairs: as many pairs as the rank's
+        mini-batch has rollouts (``ppo.mini_batch_size`` over all processes, at least one each)."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        per_rank = max(1, self.cfg.mini_batch_size // world)
+        idx = self.ptx.indices(draw, per_rank * world, self.seed + 2)
         return self.ptx.encode(self.tokenizer, idx[rank::world], self.max_input_length, self.accelerator.device)
 
     # ------------------------------------------------------------------ one step
@@ -235,8 +237,9 @@ class PPOTrainer:
         pad = self.tokenizer.pad_token_id
         inputs = (pad_cat(ids, ptx.queries.input_ids, pad), pad_cat(att, ptx.queries.attention_mask, 0),
                   pad_cat(dec, decoder_inputs(ptx.targets, self.start_token), pad))
-        if states is not None:
-            states = pad_cat(states, encoder_states(self.policy.lm, ptx.queries, len(ptx.targets)), 0.0)
+        if states is not None:  # under the same autocast as the rollout's encoder states
+            with self.accelerator.autocast():
+                states = pad_cat(states, encoder_states(self.policy.lm, ptx.queries, len(ptx.targets)), 0.0)
         return inputs, states
 
     def log(self, stats: dict) -> None:

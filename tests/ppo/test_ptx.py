@@ -78,3 +78,18 @@ def test_ptx_pulls_the_policy_toward_the_clean_references_where_the_reward_is_fl
 def test_ptx_coef_without_pairs_is_refused_naming_the_key(tmp_path):
     with pytest.raises(UserError, match=r"^config key 'ppo.ptx_coef': value 0.5 needs supervised training pairs$"):
         make(tmp_path, with_ptx=False, ptx_coef=0.5)
+
+
+@pytest.mark.parametrize("world", [2, 8])
+def test_every_rank_gets_as_many_pairs_as_its_mini_batch_has_rollouts(tmp_path, world):
+    trainer, _ = make(tmp_path, ptx_coef=1.0)  # mini_batch_size 4: 2 rollouts per rank on 2, 1 (at least) on 8
+
+    class Rank:
+        def __init__(self, i):
+            self.process_index, self.num_processes, self.device = i, world, torch.device("cpu")
+
+    shares = []
+    for rank in range(world):
+        trainer.accelerator = Rank(rank)
+        shares.append(trainer.ptx_batch(3).targets)
+    assert all(len(s) == max(1, 4 // world) for s in shares)

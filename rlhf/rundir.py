@@ -69,13 +69,17 @@ def is_finished(config: ExperimentConfig, stage: str) -> bool:
 
 
 def require_stage(config: ExperimentConfig, stage: str, needed_by: str) -> Path:
-    """Return the folder of a finished ``stage``, or fail saying which stage to run first."""
+    """Return the folder of a finished ``stage`` whose recorded settings are ``config``'s, or fail
+    saying which stage to run (again) first: a stage never consumes artifacts of another config."""
     folder = stage_dir(config, stage)
     if not (folder / MANIFEST).is_file():
         raise UserError(
             f"stage '{needed_by}' needs the '{stage}' stage, which has not finished in {config.run_dir}: "
             f"run `rlhf {stage} CONFIG` first"
         )
+    if diffs := changed_settings(config, stage):
+        raise UserError(f"stage '{needed_by}' needs the '{stage}' stage, which finished in {folder} with other "
+                        f"settings ({describe(diffs)}): run `rlhf {stage} CONFIG --force` with these settings first")
     return folder
 
 

@@ -30,6 +30,18 @@ def test_require_stage_names_the_missing_stage(small_config):
         require_stage(small_config, "sft", needed_by="ppo")
 
 
+def test_require_stage_refuses_artifacts_of_other_settings(small_config):
+    import dataclasses
+
+    start_stage(small_config, "sft").finish()
+    assert require_stage(small_config, "sft", needed_by="ppo").name == "sft"
+    assert require_stage(_with(small_config, "ppo", steps=99), "sft", needed_by="ppo").name == "sft"  # not read by sft
+    lora = dataclasses.replace(small_config.sft.lora, r=small_config.sft.lora.r + 1)
+    with pytest.raises(UserError, match=r"^stage 'ppo' needs the 'sft' stage, which finished in .*sft with other "
+                                        r"settings \(sft.lora.r: \d+ -> \d+\): run `rlhf sft CONFIG --force`"):
+        require_stage(_with(small_config, "sft", lora=lora), "sft", needed_by="ppo")
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

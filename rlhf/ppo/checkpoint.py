@@ -66,11 +66,28 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     state = read_json_state(folder / "trainer_state.json")
     if not isinstance(state.get("step"), int) or "kl_controller" not in state or "python_random" not in state:
         raise CheckpointError("trainer_state.json lacks step, kl_controller or python_random")
+    _check_state(state)
     trainable = read_safetensors(folder / "trainable.safetensors")
     optimizer = read_torch(folder / "optimizer.pt")
     if not isinstance(optimizer, dict) or not {"optimizer", "scheduler"} <= optimizer.keys():
         raise CheckpointError("optimizer.pt lacks the optimizer or scheduler state")
-    return Checkpoint(folder, trainable, optimizer, read_safetensors(folder / "rng.safetensors"), state)
+    rng = read_safetensors(folder / "rng.safetensors")
+    if any(t.dtype != torch.uint8 or t.dim() != 1 for t in rng.values()) or "torch" not in rng:
+        raise CheckpointError("rng.safetensors lacks a torch generator state (1-d uint8)")
+    return Checkpoint(folder, trainable, optimizer, rng, state)
+
+
+def _check_state(state: dict) -> None:
+    """The values a resume puts back: a finite positive KL coefficient and a Python RNG state."""
+    import math
+
+    value = state["kl_controller"].get("value") if isinstance(state["kl_controller"], dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise CheckpointError(f"trainer_state.json: kl_controller value {value!r} is not a finite number >= 0")
+    py = state["python_random"]
+    if not (isinstance(py, list) and len(py) == 3 and isinstance(py[0], int) and isinstance(py[1], list)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in py[1])):
+        raise CheckpointError("trainer_state.json: python_random is not a Python random state")
 
 
 def find_resumable(folder: Path, expected: dict[str, torch.Size], config: dict, log: Callable[[str], Any] = print

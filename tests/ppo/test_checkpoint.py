@@ -101,6 +101,13 @@ def _nan_weights(folder):
     save_file(tensors, str(folder / "trainable.safetensors"))
 
 
+def _edit_state(folder, **values):
+    import json
+
+    path = folder / "trainer_state.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | values))  # json writes NaN as NaN
+
+
 CORRUPTIONS = {
     "weights_cut_to_1000_bytes": (_cut(1000), "trainable.safetensors is unreadable"),
     "weights_empty": (_cut(0), "trainable.safetensors is unreadable"),
@@ -108,6 +115,12 @@ CORRUPTIONS = {
     "state_broken": (lambda f: (f / "trainer_state.json").write_text('{"step": '), "trainer_state.json is unreadable"),
     "state_wrong_step": (lambda f: (f / "trainer_state.json").write_text(
         (f / "trainer_state.json").read_text().replace('"step": 2', '"step": 7')), "trainer_state.json says step 7"),
+    "state_nan_kl_coef": (lambda f: _edit_state(f, kl_controller={"value": float("nan")}),
+                          "trainer_state.json: kl_controller value nan is not a finite number"),
+    "state_bad_python_random": (lambda f: _edit_state(f, python_random=7),
+                                "trainer_state.json: python_random is not a Python random state"),
+    "rng_without_torch_state": (lambda f: save_file({"x": torch.zeros(3)}, str(f / "rng.safetensors")),
+                                "rng.safetensors lacks a torch generator state"),
     "optimizer_missing": (lambda f: (f / "optimizer.pt").unlink(), "optimizer.pt missing"),
     "optimizer_empty": (lambda f: (f / "optimizer.pt").write_bytes(b""), "optimizer.pt is unreadable"),
     "optimizer_pickle_payload": (lambda f: torch.save({"optimizer": Payload(f.parent / "pickle_ran"), "scheduler": {}},

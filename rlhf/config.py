@@ -15,8 +15,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from rlhf.configfields import (each, fraction, home, non_negative, opt, optional, path_name, positive, seed_value,
-                               unit_closed, unit_open, unit_open_closed)
+from rlhf.configfields import (all_of, each, fraction, home, non_empty, non_negative, opt, optional, path_name,
+                               positive, seed_value, unit_closed, unit_open, unit_open_closed)
 from rlhf.configload import _build, _merge, parse_overrides, read_yaml
 from rlhf.errors import UserError
 
@@ -111,10 +111,10 @@ def _default_settings() -> list[GenerationSetting]:
 @dataclass
 class PromptConfig:
     n_dialogues: int = opt(50, positive, "test dialogues to evaluate")
-    shots: list[int] = opt([0, 1, 2], each(non_negative), "0 = zero-shot, 1 = one-shot, k = k-shot")
+    shots: list[int] = opt([0, 1, 2], all_of(non_empty, each(non_negative)), "0 = zero-shot, 1 = one-shot, k = k-shot")
     max_new_tokens: int = opt(50, positive)
     batch_size: int = opt(16, positive)
-    settings: list[GenerationSetting] = opt(_default_settings())
+    settings: list[GenerationSetting] = opt(_default_settings(), non_empty)
     n_examples_shown: int = opt(10, non_negative, "sample generations written side by side")
 
 
@@ -275,6 +275,10 @@ class PpoConfig:
         if self.batch_size % self.mini_batch_size:
             raise UserError(f"config key 'ppo.batch_size': value {self.batch_size} must be a multiple of "
                             f"ppo.mini_batch_size ({self.mini_batch_size})")
+        if self.kl.controller == "adaptive" and 5 * self.kl.horizon <= self.batch_size:
+            raise UserError(f"config key 'ppo.kl.horizon': value {self.kl.horizon} must be > 0.2 x ppo.batch_size "
+                            f"({self.batch_size}): the adaptive controller scales the coefficient by 1 - 0.2 x "
+                            f"batch_size / horizon when the KL is low, which would make it zero or negative")
         if self.toxic_per_batch is not None and not 0 < self.toxic_per_batch < self.batch_size:
             raise UserError(f"config key 'ppo.toxic_share': value {self.toxic_share} gives {self.toxic_per_batch} of "
                             f"{self.batch_size} prompts per batch; both toxic and clean ones are needed")

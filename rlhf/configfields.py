@@ -58,6 +58,15 @@ def optional(check: Check) -> Check:
     return lambda v: None if v is None else check(v)
 
 
+def non_empty(v: Any) -> str | None:
+    return None if len(v) else "must not be empty"
+
+
+def all_of(*checks: Check) -> Check:
+    """The first complaint of ``checks``, in order (None when all pass)."""
+    return lambda v: next((msg for check in checks if (msg := check(v)) is not None), None)
+
+
 def each(check: Check) -> Check:
     def run(values: list) -> str | None:
         for v in values:

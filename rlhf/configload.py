@@ -130,6 +130,8 @@ def read_yaml(path: str | Path) -> dict:
         raise UserError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not valid UTF-8 ({_bad_byte(err)}): save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -140,3 +142,9 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
     return raw
+
+
+def _bad_byte(err: UnicodeDecodeError) -> str:
+    """Where a decode failed: line, byte offset in the file and the byte, e.g. ``line 2, byte offset 17: 0xe9``."""
+    line = err.object[:err.start].count(b"\n") + 1
+    return f"line {line}, byte offset {err.start}: {err.object[err.start]:#04x}"

@@ -7,6 +7,7 @@ deterministically from the seed.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +155,25 @@ def _ensure_splits(raw, cfg: DataConfig, seed: int):
     for name, frac in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
         if name in splits:
             continue
-        if frac <= 0 or len(splits["train"]) < 3:
+        if frac <= 0:
             raise UserError(f"data source {cfg.source}: has no '{name}' split and data.{name}_fraction is {frac}")
-        cut = splits["train"].train_test_split(test_size=frac, seed=seed, shuffle=True)
-        splits["train"], splits[name] = cut["train"], cut["test"]
+        splits["train"], splits[name] = cut_split(splits["train"], name, frac, seed,
+                                                  f"data source {cfg.source}", f"data.{name}_fraction")
     return datasets.DatasetDict({s: splits[s] for s in SPLITS})
+
+
+def cut_split(train, name: str, frac: float, seed: int, where: str, key: str):
+    """(rest of ``train``, split ``name``): ``frac`` of ``train`` cut off by the seed. Both sizes are
+    counted first, as ``train_test_split`` counts them, so a split left empty is one line naming
+    ``where`` (the source), the split and the fraction ``key``."""
+    n_cut = math.ceil(frac * len(train))
+    n_rest = len(train) - n_cut
+    if n_cut == 0 or n_rest == 0:
+        raise UserError(f"{where}: cutting the '{name}' split from {len(train)} 'train' rows with {key}={frac} "
+                        f"leaves {n_rest} for 'train' and {n_cut} for '{name}'; each needs at least one row "
+                        f"(add rows, give the data its own '{name}' split or change {key})")
+    cut = train.train_test_split(test_size=frac, seed=seed, shuffle=True)
+    return cut["train"], cut["test"]
 
 
 @dataclass

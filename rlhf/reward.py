@@ -16,6 +16,7 @@ from rlhf.config import RewardConfig, RewardDataConfig
 from rlhf.errors import UserError, first_line
 
 ID2LABEL = {0: "non-toxic", 1: "toxic"}
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # what from_pretrained reads
 
 
 # --------------------------------------------------------------------------------------------
@@ -27,7 +28,7 @@ def load_labelled(cfg: RewardDataConfig, seed: int):
     """Train/validation/test ``DatasetDict`` with ``text`` (str) and ``labels`` (0/1) columns."""
     import datasets
 
-    from rlhf.data import load_raw
+    from rlhf.data import cut_split, load_raw
 
     raw = load_raw(cfg.source)
     for split, ds in raw.items():
@@ -42,8 +43,8 @@ def load_labelled(cfg: RewardDataConfig, seed: int):
         if name not in splits:
             if frac <= 0:
                 raise UserError(f"reward data {cfg.source}: has no '{name}' split and reward.data.{name}_fraction is 0")
-            cut = splits["train"].train_test_split(test_size=frac, seed=seed, stratify_by_column=None)
-            splits["train"], splits[name] = cut["train"], cut["test"]
+            splits["train"], splits[name] = cut_split(splits["train"], name, frac, seed, f"reward data {cfg.source}",
+                                                      f"reward.data.{name}_fraction")
     if cfg.max_samples:
         splits = {k: v.select(range(min(cfg.max_samples, len(v)))) for k, v in splits.items()}
     if len(set(splits["train"]["labels"])) < 2:
@@ -105,7 +106,7 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
             model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
-                name, trust_remote_code=trust_remote_code, num_labels=2,
+                name, trust_remote_code=trust_remote_code, num_labels=2, use_safetensors=True,
                 id2label=config.id2label if len(config.id2label) == 2 else ID2LABEL,
                 label2id=config.label2id if len(config.id2label) == 2 else {v: k for k, v in ID2LABEL.items()},
             )
@@ -115,17 +116,19 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
 
 
 def _check_local_classifier(name: str, from_scratch: bool) -> None:
-    """A local reward model must be a folder with safetensors weights: pickled weights
-    (``pytorch_model.bin``, ``.pt``, ``.pkl``) are never loaded, and say so."""
+    """A local reward model must be a folder with safetensors weights (``model.safetensors`` or its
+    shard index; another ``*.safetensors`` file does not count): pickled weights (``pytorch_model.bin``,
+    ``.pt``, ``.pkl``) are never loaded, and say so."""
     from rlhf.models import check_local
 
     path = Path(name)
     check_local(name, "reward model")
-    if path.is_dir() and not from_scratch and not any(path.glob("*.safetensors")):
+    if path.is_dir() and not from_scratch and not any((path / f).is_file() for f in SAFETENSORS_WEIGHTS):
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
         if pickles:
-            raise UserError(f"reward model folder {name} has no .safetensors weights (found {', '.join(pickles)}: "
-                            f"pickle files are never loaded); save it with save_pretrained(safe_serialization=True)")
+            raise UserError(f"reward model folder {name} has no .safetensors weights to load (no model.safetensors; "
+                            f"found {', '.join(pickles)}: pickle files are never loaded); save it with "
+                            f"save_pretrained(safe_serialization=True)")
 
 
 def label_index(model, label: str) -> int:

@@ -74,6 +74,15 @@ def pickle_model_folder(tmp_path, kind: str) -> str:
     return str(folder)
 
 
+def with_stray_safetensors(folder: str) -> str:
+    """``folder`` plus a safetensors file that is not the model's weights (a value head)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, f"{folder}/value_head.safetensors")
+    return folder
+
+
 def report_dir(tmp_path, metrics: str | None) -> str:
     run = tmp_path / "runs" / "t"
     (run / "evaluate").mkdir(parents=True)
@@ -99,6 +108,8 @@ CASES = {
                                                              f"['touch {t / 'pickle_ran'}']\n")],
                    ["p.yaml is not valid YAML", "python/object/apply:os.system"]),
     "top_level_list": (lambda t: ["prompt", text_file(t, "l.yaml", "- a\n- b\n")], ["expected a mapping"]),
+    "yaml_not_utf8": (lambda t: ["prompt", text_file(t, "u.yaml", b"seed: 1\nrun_name: caf\xe9\n")],
+                      ["u.yaml is not valid UTF-8", "line 2, byte offset 21: 0xe9"]),
     "config_missing": (lambda t: ["prompt", str(t / "nope.yaml")], ["config file not found", "nope.yaml"]),
     "unknown_key": (lambda t: ["prompt", *exp(t, "sede=1")], ["unknown config key 'sede'", "'seed'"]),
     "unknown_nested_key": (lambda t: ["ppo", *exp(t, "ppo.lora.rank=4")], ["'rank'", "section 'ppo.lora'", "valid: r,"]),
@@ -133,6 +144,11 @@ CASES = {
     "toxic_value_yes": (lambda t: ["reward", *exp(t, "reward.data.toxic_value=yes")],
                         ["'reward.data.toxic_value'", "True", "quote the value"]),
     "batch_not_multiple": (lambda t: ["ppo", *exp(t, "ppo.batch_size=6")], ["'ppo.batch_size'", "6", "multiple"]),
+    "kl_horizon_below_batch_fifth": (lambda t: ["ppo", *exp(t, "ppo.kl.horizon=1")],
+                                     ["'ppo.kl.horizon'", "value 1", "0.2 x ppo.batch_size (8)"]),
+    "prompt_shots_empty": (lambda t: ["prompt", *exp(t, "prompt.shots=[]")], ["'prompt.shots'", "must not be empty"]),
+    "prompt_settings_empty": (lambda t: ["prompt", *exp(t, "prompt.settings=[]")],
+                              ["'prompt.settings'", "must not be empty"]),
     "save_steps_not_multiple": (lambda t: ["sft", *exp(t, "sft.save_steps=3")], ["'sft.save_steps'", "3"]),
     "template_unknown": (lambda t: ["prompt", *exp(t, "data.template=poem")], ["'data.template'", "'poem'"]),
     "override_without_value": (lambda t: ["prompt", *exp(t, "seed")], ["'seed'", "key.sub=value"]),
@@ -180,6 +196,9 @@ CASES = {
                             ["has no column 'summary'"]),
     "data_unsupported_type": (lambda t: ["prompt", *exp(t, data={"source": text_file(t, "d.txt", "x")})],
                               ["unsupported file type '.txt'"]),
+    "data_split_left_empty": (lambda t: ["prompt", *exp(t, "data.test_fraction=0.9", data={"source": write_jsonl(
+        t / "d.jsonl", dialogues(5)), "toxic_column": None, "key_facts_column": None})],
+                              ["d.jsonl", "'test' split", "data.test_fraction=0.9", "leaves 0 for 'train'"]),
     "data_empty_after_filter": (lambda t: ["prompt", *exp(t, "data.min_chars=1000000")],
                                 ["is empty after filtering", "min_chars=1000000"]),
     # ---- models
@@ -198,6 +217,9 @@ CASES = {
     # ---- reward model and its data
     "reward_pretrained_pickle": (lambda t: ["reward", *exp(t, f"reward.pretrained={pickle_model_folder(t, 'bert')}")],
                                  ["has no .safetensors weights", "pytorch_model.bin", "never loaded"]),
+    "reward_pretrained_stray_safetensors": (lambda t: ["reward", *exp(
+        t, f"reward.pretrained={with_stray_safetensors(pickle_model_folder(t, 'bert'))}")],
+                                            ["no model.safetensors", "pytorch_model.bin", "never loaded"]),
     "reward_pretrained_file": (lambda t: ["reward", *exp(t, f"reward.pretrained={text_file(t, 'r.pkl', 'x')}")],
                                ["reward model path", "r.pkl is a file"]),
     "reward_pretrained_missing": (lambda t: ["reward", *exp(t, "reward.pretrained=./nothing")],
@@ -206,6 +228,9 @@ CASES = {
                                  ["column 'label' has values", "toxic='yes'"]),
     "reward_single_class": (lambda t: ["reward", *exp(t, reward={"data": {"source": write_jsonl(
         t / "r.jsonl", [{"text": f"fine {i}", "label": 0} for i in range(20)])}})], ["single class"]),
+    "reward_split_left_empty": (lambda t: ["reward", *exp(t, "reward.data.test_fraction=0.9", reward={"data": {
+        "source": write_jsonl(t / "r.jsonl", [{"text": f"t {i}", "label": i % 2} for i in range(5)])}})],
+                                ["r.jsonl", "'test' split", "reward.data.test_fraction=0.9", "leaves 0 for 'train'"]),
     # ---- stages and their order
     "ppo_before_sft": (lambda t: ["ppo", *exp(t)], ["stage 'ppo' needs the 'sft' stage", "rlhf sft CONFIG"]),
     "finished_stage_changed": (lambda t: (finished(t, ["prompt"]), ["prompt", *exp(t, "prompt.n_dialogues=3")])[1],

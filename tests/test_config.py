@@ -181,3 +181,30 @@ def test_an_empty_config_file_is_an_error(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(UserError, match=r"empty.yaml is empty"):
         load_config(tmp_path / "empty.yaml")
+
+
+def test_a_config_file_that_is_not_utf8_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"seed: 1\nrun_name: caf\xe9\n")
+    with pytest.raises(UserError, match=r"latin1.yaml is not valid UTF-8 \(line 2, byte offset 21: 0xe9\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prompt.shots=[]", r"'prompt.shots': value \[\] must not be empty"),
+    ("prompt.settings=[]", r"'prompt.settings': value \[\] must not be empty"),
+])
+def test_empty_prompt_lists_are_refused(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(write(tmp_path, {"seed": 1}), [override])
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 4])
+def test_adaptive_kl_horizon_must_exceed_a_fifth_of_the_batch(tmp_path, horizon):
+    """kl_coef *= 1 - 0.2 x batch_size / horizon at low KL: zero or negative for horizon <= 0.2 x batch_size."""
+    overrides = ["ppo.batch_size=20", f"ppo.kl.horizon={horizon}"]
+    with pytest.raises(UserError, match=rf"'ppo.kl.horizon': value {horizon} must be > 0.2 x ppo.batch_size \(20\)"):
+        load_config(write(tmp_path, {"seed": 1}), overrides)
+    assert load_config(write(tmp_path, {"seed": 1}), ["ppo.batch_size=20", "ppo.kl.horizon=5"]).ppo.kl.horizon == 5
+    fixed = load_config(write(tmp_path, {"seed": 1}), [*overrides, "ppo.kl.controller=fixed"])
+    assert fixed.ppo.kl.horizon == horizon  # the fixed controller never reads it

@@ -57,6 +57,24 @@ def test_empty_after_filtering(tmp_path):
         load_splits(DataConfig(source=str(path), min_chars=10_000), seed=0)
 
 
+
+@pytest.mark.parametrize("n, fractions, message", [
+    (5, {"test_fraction": 0.9}, r"cutting the 'test' split from 5 'train' rows with data.test_fraction=0.9 leaves 0 "
+                                r"for 'train' and 5 for 'test'"),
+    (4, {"test_fraction": 0.25, "validation_fraction": 0.7},  # test takes 1 of 4, validation then all 3 left
+     r"cutting the 'validation' split from 3 'train' rows with data.validation_fraction=0.7 leaves 0 for 'train'"),
+])
+def test_a_fraction_that_leaves_a_split_empty_names_source_split_and_key(tmp_path, n, fractions, message):
+    path = write_jsonl(tmp_path / "d.jsonl", rows(n))
+    with pytest.raises(UserError, match=rf"data source {path}: {message}"):
+        load_splits(DataConfig(source=path, **fractions), seed=0)
+
+
+def test_small_data_cuts_splits_while_each_keeps_a_row(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", rows(5))
+    splits = load_splits(DataConfig(source=path, test_fraction=0.5, validation_fraction=0.5), seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1, "validation": 1, "test": 3}
+
 def test_unreadable_and_missing_sources(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")

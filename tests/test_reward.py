@@ -127,6 +127,50 @@ def test_model_that_is_not_a_classifier(tmp_path):
         load_classifier(str(tmp_path / "t5"))
 
 
+
+def test_a_fraction_that_leaves_a_reward_split_empty_names_source_split_and_key(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(5)])
+    with pytest.raises(UserError, match=rf"reward data {src}: cutting the 'test' split from 5 'train' rows with "
+                                        rf"reward.data.test_fraction=0.9 leaves 0 for 'train'"):
+        load_labelled(RewardDataConfig(source=src, test_fraction=0.9), seed=0)
+
+
+def tiny_classifier_folder(tmp_path) -> Path:
+    """A saved two-class BERT classifier (safetensors) with its tokenizer, classifier bias 123."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = tmp_path / "classifier"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]))
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=7, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, num_labels=2,
+        architectures=["BertForSequenceClassification"]))
+    with torch.no_grad():
+        model.classifier.bias.fill_(123.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_pickled_weights_are_refused_beside_a_stray_safetensors_file(tmp_path, monkeypatch):
+    """Another .safetensors file (a value head) beside pytorch_model.bin must not let the pickle load."""
+    from safetensors.torch import save_file
+
+    import rlhf.reward
+
+    folder = tiny_classifier_folder(tmp_path)
+    assert load_classifier(str(folder))[0].classifier.bias.tolist() == [123.0, 123.0]
+    state = load_classifier(str(folder))[0].state_dict()
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    save_file({"x": torch.zeros(1)}, str(folder / "value_head.safetensors"))
+    with pytest.raises(UserError, match=r"has no .safetensors weights to load \(no model.safetensors; found "
+                                        r"pytorch_model.bin: pickle files are never loaded\)"):
+        load_classifier(str(folder))
+    monkeypatch.setattr(rlhf.reward, "_check_local_classifier", lambda *a: None)
+    with pytest.raises(UserError, match="reward model"):  # and from_pretrained itself reads safetensors only
+        load_classifier(str(folder))
+
 def test_cli_pretrained_missing_label_exits_2(trained, tmp_path, capsys):
     import yaml
 

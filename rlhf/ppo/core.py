@@ -9,7 +9,7 @@ RLHF with PPO" (arXiv:2403.17031).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -50,12 +50,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var * n / (n - 1).clamp(min=1) if unbiased else var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """[B, T] -> [B, T]: (x - mean) / std over real tokens; padding positions come back as 0.
 
     lm-human-preferences ``whiten``; with ``shift_mean=False`` the mean is added back (used for rewards).
+    ``sum_over_processes``: sums a scalar tensor over every process, so that the mean and variance
+    are those of all processes' tokens together, as one process holding the whole batch would
+    compute them (None: this process's tokens).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if sum_over_processes is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        m = mask.to(x.dtype)
+        n = sum_over_processes(m.sum())
+        mean = sum_over_processes((x * m).sum()) / n.clamp(min=1)
+        var = sum_over_processes(((x - mean) ** 2 * m).sum()) / n.clamp(min=1) * n / (n - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

@@ -18,7 +18,7 @@ from torch import nn
 
 from rlhf.config import ExperimentConfig
 from rlhf.errors import UserError, first_line
-from rlhf.models import apply_lora, load_seq2seq, refuse_trainable_encoder
+from rlhf.models import apply_lora, fp32_output_layer, load_seq2seq, refuse_trainable_encoder
 
 
 @contextlib.contextmanager
@@ -169,6 +169,7 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
         from peft import PeftModel
 
         lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
+    fp32_output_layer(lm)  # logprobs, KL and losses from fp32 logits, also under mixed precision
     set_seed(config.seed)
     ref_lm = None
     if config.ppo.policy == "lora":

@@ -22,6 +22,7 @@ from rlhf.ppo import core
 from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.ptx import PtxBatch, PtxPairs, pad_cat
+from rlhf.ppo.ranks import check_update_plan, generator_states, restore_generators, seed_process
 from rlhf.ppo.sampling import batch_indices
 from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
                                score_responses)
@@ -96,6 +97,8 @@ class PPOTrainer:
             cpu=use_cpu(), mixed_precision=mixed_precision,  # autocast over fp32 master weights
             gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=cfg.report_to or None,
             project_dir=str(log_dir) if log_dir else None)
+        check_update_plan(cfg, self.accelerator.num_processes)
+        seed_process(seed, self.accelerator.process_index)
         if cfg.report_to:  # TensorBoard / W&B through accelerate's trackers
             self.accelerator.init_trackers("rlhf-ppo")
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
@@ -154,8 +157,9 @@ class PPOTrainer:
         rewards, kl = core.compute_rewards(scores, scored.logprobs, scored.ref_logprobs, response_mask,
                                            self.kl_ctl.value, cfg.kl.estimator)
         advantages, returns = core.gae(rewards, scored.values, response_mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = core.masked_whiten(advantages, response_mask)
+        if cfg.whiten_advantages:  # over every process's tokens, as one process with the whole batch
+            total = (lambda t: self.accelerator.reduce(t, "sum")) if self.accelerator.num_processes > 1 else None
+            advantages = core.masked_whiten(advantages, response_mask, sum_over_processes=total)
         mean_kl = self.gather_mean(kl.sum(-1))
         check_finite(step + 1, self.last_checkpoint, scores=scores, kl=mean_kl)
         batch = Batch(queries, responses, response_mask, scored.logprobs, scored.values, advantages, returns,
@@ -222,8 +226,8 @@ class PPOTrainer:
                                    ("ppo/policy/clipfrac", pg["clipfrac"]), ("ppo/policy/approxkl", pg["approxkl"]),
                                    ("ppo/val/clipfrac", vf["clipfrac"])):
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
-                count += 1
-                stop = cfg.target_kl is not None and float(pg["approxkl"]) > cfg.target_kl
+                count += 1  # every process stops at the same pass: on the processes' mean KL
+                stop = cfg.target_kl is not None and float(self.accelerator.reduce(pg["approxkl"], "mean")) > cfg.target_kl
                 if stop:
                     break
             if stop:
@@ -255,7 +259,8 @@ class PPOTrainer:
         config: atomically, and only when every value is finite (else :class:`NonFiniteError`)."""
         ckpt = Checkpoint(folder, self.policy.trainable_state_dict(),
                           {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                          {"torch": torch.get_rng_state()},
+                          generator_states(self.accelerator.process_index, self.accelerator.num_processes,
+                                           self.accelerator.device),
                           {"step": self.step_count, "data_position": self.step_count * self.cfg.batch_size,
                            "kl_controller": self.kl_ctl.state_dict(), "python_random": random.getstate(),
                            "config": self.config_record})
@@ -286,7 +291,7 @@ class PPOTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.learning_rate
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        torch.set_rng_state(ckpt.rng["torch"])
+        restore_generators(ckpt.rng, self.accelerator.process_index, self.accelerator.device, self.seed)
         state = ckpt.state
         self.step_count = state["step"]
         self.kl_ctl.value = state["kl_controller"]["value"]

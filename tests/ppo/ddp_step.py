@@ -1,6 +1,7 @@
-"""Run under ``torchrun --nproc_per_node 2``: one PPO step (with PPO-ptx) on two CPU ranks (gloo); each rank
-writes what it generated for and a digest of its weights, for tests/ppo/test_multiprocess.py."""
+"""Run under ``torchrun --nproc_per_node 2``: PPO steps (with PPO-ptx) on two CPU ranks (gloo); each rank
+writes what it generated for, a digest of its weights and what it drew, for tests/ppo/test_multiprocess.py."""
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -8,7 +9,18 @@ from pathlib import Path
 
 import torch
 
+from rlhf.ppo import core
 from tests.ppo.test_trainer import make
+
+
+def whitens_as_one_process(accelerator) -> bool:
+    """Each rank whitens its half of a batch over both halves' tokens: as one process whitening the whole."""
+    x = torch.arange(24.0).reshape(6, 4) ** 1.5
+    mask = torch.arange(4) < torch.tensor([4, 1, 3, 2, 4, 3]).unsqueeze(-1)
+    whole = core.masked_whiten(x, mask)
+    r, w = accelerator.process_index, accelerator.num_processes
+    mine = core.masked_whiten(x[r::w], mask[r::w], sum_over_processes=lambda t: accelerator.reduce(t, "sum"))
+    return torch.allclose(mine, whole[r::w], atol=1e-6)
 
 
 def main(out: Path) -> None:
@@ -16,11 +28,20 @@ def main(out: Path) -> None:
     accelerator = trainer.accelerator
     mine = trainer.batch_prompts(0)
     stats = trainer.step()
+    trainer.cfg = dataclasses.replace(trainer.cfg, target_kl=1e-4)  # each rank's own KL would stop it elsewhere
+    early = trainer.step()
+    trainer.save_checkpoint(out / "ck")  # a collective: every rank's generator states
+    accelerator.wait_for_everyone()
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in trainer.policy.trainable_state_dict().values()))
     record = {"rank": accelerator.process_index, "world": accelerator.num_processes,
               "distributed_type": str(accelerator.distributed_type), "prompts": mine,
               "weights": digest.hexdigest(), "scores": stats["objective/scores"],
-              "ptx_loss": stats["ppo/loss/ptx"]}
+              "ptx_loss": stats["ppo/loss/ptx"], "early_stop_passes": early["ppo/minibatches"],
+              "whitens_as_one": whitens_as_one_process(accelerator), "noise": torch.rand(3).tolist()}
+    if accelerator.is_main_process:
+        from safetensors.torch import load_file
+
+        record["checkpoint_generators"] = sorted(load_file(str(out / "ck" / "rng.safetensors")))
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(record))
 
 

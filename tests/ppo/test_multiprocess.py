@@ -23,5 +23,9 @@ def test_two_cpu_ranks_stay_identical_and_split_the_batch(tmp_path):
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were all-reduced
     assert ranks[0]["scores"] == ranks[1]["scores"]  # metrics gathered over both ranks
     assert ranks[0]["ptx_loss"] > 0 and ranks[1]["ptx_loss"] > 0
+    assert ranks[0]["early_stop_passes"] == ranks[1]["early_stop_passes"] < 4  # stopped early, on the ranks' mean KL
+    assert ranks[0]["whitens_as_one"] and ranks[1]["whitens_as_one"]
+    assert ranks[0]["noise"] != ranks[1]["noise"]  # each rank samples with its own noise
+    assert ranks[0]["checkpoint_generators"] == ["torch", "torch.rank1"]  # and a resume restores each rank's
     a, b = ranks[0]["prompts"], ranks[1]["prompts"]
     assert len(a) == len(b) == 4 and not set(a) & set(b)  # each rank generates for its own half

@@ -5,6 +5,7 @@ import torch
 
 from rlhf.config import config_from_dict
 from rlhf.data import format_prompt, load_splits, toxic_flags
+from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
 from rlhf.ppo.model import ValueHead, build_policy
 from rlhf.ppo.ptx import ptx_pairs
@@ -162,7 +163,12 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_fp32_logprobs(tmp_path):
                          seed=config.seed, max_input_length=256, mixed_precision="bf16")
     with trainer.accelerator.autocast():
         q, responses, mask, scored = rollout(trainer)
-        assert trainer.policy.lm(input_ids=q.input_ids, decoder_input_ids=responses).logits.dtype == torch.bfloat16
+        seen = []
+        k = trainer.policy.lm.get_decoder().block[0].layer[0].SelfAttention.k
+        hook = k.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        logits = trainer.policy.lm(input_ids=q.input_ids, decoder_input_ids=responses).logits
+        hook.remove()
+        assert seen[0] == torch.bfloat16 and logits.dtype == torch.float32  # bf16 layers, the LM head in fp32
     for t in (scored.logprobs, scored.ref_logprobs, scored.values, scored.entropy):
         assert t.dtype == torch.float32
     stats = trainer.step()
@@ -290,3 +296,13 @@ def test_compiled_update_forward_and_gradients_match_eager(tmp_path):
     assert all(g0[k].abs().sum() > 0 for k in g0 if "lora_A" in k)
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-6, msg=k)
+
+
+def test_accumulated_gradients_are_applied_within_their_update(tmp_path):
+    trainer, _ = make(tmp_path, gradient_accumulation_steps=2, steps=1)  # 2 epochs x 2 mini-batches: 2 optimizer steps
+    before = {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
+    trainer.step()
+    assert all(p.grad is None or not p.grad.any() for p in trainer.policy.parameters())  # none left for the next step
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.trainable_state_dict().items())
+    with pytest.raises(UserError, match=r"'ppo.gradient_accumulation_steps': 3 does not divide the 4 mini-batch passes"):
+        make(tmp_path / "b", gradient_accumulation_steps=3)

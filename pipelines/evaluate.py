@@ -115,8 +115,8 @@ def main(config: ExperimentConfig) -> dict:
     cfg = config.evaluate
     ppo_dir = require_stage(config, "ppo", "evaluate")
     reward_dir = require_stage(config, "reward", "evaluate")
+    dialogues = load_eval_dialogues(config.data, config.seed, cfg.n_dialogues)  # before the stage folder is touched
     stage = start_stage(config, "evaluate")
-    dialogues = load_eval_dialogues(config.data, config.seed, cfg.n_dialogues)
     tokenizer = load_tokenizer(config.model)
     prompts = [format_prompt(d.dialogue, config.data.template) for d in dialogues]
     with autocast(config.model.mixed_precision):

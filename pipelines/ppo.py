@@ -37,6 +37,9 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     cfg = config.ppo
     sft_dir = require_stage(config, "sft", "ppo") if cfg.start_from != "base" else None
     reward_dir = require_stage(config, "reward", "ppo")
+    splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
+    wants_flags = cfg.toxic_share is not None or (cfg.ptx_coef > 0 and config.data.toxic_column)
+    toxic = toxic_flags(splits["train"], config.data, "train") if wants_flags else None
     main_process = PartialState(cpu=use_cpu()).is_main_process
     say = print if main_process else (lambda *_: None)
     ckpt_dir = stage_dir(config, "ppo") / "checkpoints"
@@ -45,9 +48,6 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     if main_process:  # what a killed write left, and folders that are not checkpoints
         clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
     stage = start_stage(config, "ppo")
-    splits = load_splits(config.data, config.seed)
-    wants_flags = cfg.toxic_share is not None or (cfg.ptx_coef > 0 and config.data.toxic_column)
-    toxic = toxic_flags(splits["train"], config.data, "train") if wants_flags else None
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))

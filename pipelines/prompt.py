@@ -24,8 +24,8 @@ def mode_name(shots: int) -> str:
 def main(config: ExperimentConfig) -> dict:
     config = resolve_tinyworld(config)
     cfg = config.prompt
+    splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
     stage = start_stage(config, "prompt")
-    splits = load_splits(config.data, config.seed)
     tokenizer, model = load_tokenizer(config.model), load_seq2seq(config.model)
     test = group_dialogues(splits["test"], config.data)[:cfg.n_dialogues]
     dialogues, references = [d.dialogue for d in test], [d.references for d in test]

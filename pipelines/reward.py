@@ -16,10 +16,10 @@ from rlhf.tinyworld.build import resolve_tinyworld
 def main(config: ExperimentConfig) -> dict:
     config = resolve_tinyworld(config)
     cfg = config.reward
-    stage = start_stage(config, "reward")
     if cfg.pretrained is None and cfg.data.source is None:
         raise UserError("reward.data.source is required to train a reward model (or name reward.pretrained)")
-    splits = load_labelled(cfg.data, config.seed) if cfg.data.source else None
+    splits = load_labelled(cfg.data, config.seed) if cfg.data.source else None  # before the stage folder is touched
+    stage = start_stage(config, "reward")
     info: dict = {"pretrained": cfg.pretrained, "output": cfg.output, "score_with_prompt": cfg.score_with_prompt}
     if cfg.pretrained:
         model, tokenizer = load_classifier(cfg.pretrained, cfg.trust_remote_code)

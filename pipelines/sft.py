@@ -27,13 +27,13 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     state = PartialState(cpu=use_cpu())
     say = print if state.is_main_process else (lambda *_: None)
     stage_dir = stage_folder(config, "sft")
+    splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
     if not resume:  # before anything is written: an earlier run's work goes only with --force
         keep_or_discard("sft", stage_dir / "checkpoints", leftovers(stage_dir), force, log=say,
                         extra=tuple(stage_dir.glob("*/train_metrics.json")))
     state.wait_for_everyone()
     stage = start_stage(config, "sft") if state.is_main_process else None
     state.wait_for_everyone()
-    splits = load_splits(config.data, config.seed)
     tokenizer = load_tokenizer(config.model)
     args = (tokenizer, config.data.template, config.model.max_input_length, config.sft.max_target_length)
     train_ds, eval_ds = tokenize_split(splits["train"], *args), tokenize_split(splits["validation"], *args)

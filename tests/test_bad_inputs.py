@@ -201,6 +201,9 @@ CASES = {
                               ["d.jsonl", "'test' split", "data.test_fraction=0.9", "leaves 0 for 'train'"]),
     "data_empty_after_filter": (lambda t: ["prompt", *exp(t, "data.min_chars=1000000")],
                                 ["is empty after filtering", "min_chars=1000000"]),
+    "data_error_keeps_a_finished_stage": (  # checked before --force reopens the stage folder
+        lambda t: (finished(t, ["prompt"]), ["prompt", "--force", *exp(t, "data.min_chars=1000000")])[1],
+        ["is empty after filtering"]),
     # ---- models
     "model_missing_relative": (lambda t: ["prompt", *exp(t, "model.name=models/my/t5")],
                                ["model path does not exist: models/my/t5"]),

@@ -57,6 +57,16 @@ def responses(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> di
     return {"greedy": greedy, "samples": samples}
 
 
+def kl_samples(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:
+    """One response per prompt drawn from ``lm``'s full distribution (temperature 1, no top-k or
+    top-p), so that the mean log-ratio over them estimates KL(after || before) without bias: the
+    nucleus samples the toxicity figures use are drawn from a truncated distribution."""
+    setting = GenerationSetting("kl_sample", do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    return generate(lm, tokenizer, prompts, setting, seed=config.seed + 2, batch_size=config.evaluate.batch_size,
+                    max_new_tokens=config.evaluate.max_new_tokens or config.sft.max_new_tokens,
+                    max_input_length=config.model.max_input_length).texts
+
+
 def _flat(side: dict) -> list[str]:
     """All responses of one side in a fixed order: every greedy one, then every prompt's samples."""
     return side["greedy"] + [t for row in side["samples"] for t in row]
@@ -73,7 +83,7 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
     n, k, max_input = len(prompts), cfg.n_samples, config.model.max_input_length
     after_lm, frozen_before = load_pair(config, ppo_dir)
     gens = {"after": responses(after_lm, tokenizer, prompts, config)}
-    kl_texts = [row[0] for row in gens["after"]["samples"]] if k else gens["after"]["greedy"]
+    kl_texts = kl_samples(after_lm, tokenizer, prompts, config)
     lp_args = (tokenizer, prompts, kl_texts, max_input, cfg.batch_size)
     after_lp = response_logprobs(after_lm, *lp_args)
     with reference_lm(after_lm, frozen_before) as before_lm:
@@ -131,7 +141,7 @@ def main(config: ExperimentConfig) -> dict:
                               "max_new_tokens": cfg.max_new_tokens or config.sft.max_new_tokens},
                "scored_text": "prompt + response" if config.reward.score_with_prompt else "response",
                "fluency_model": config.model.name,
-               "kl_on": "one sampled after-policy response per prompt" if cfg.n_samples else "greedy after-policy responses",
+               "kl_on": "one after-policy response per prompt sampled from its full distribution",
                "protocol": protocol}
     stage.write_metrics(metrics)
     stage.finish()

@@ -140,12 +140,16 @@ def _report(args: list[str]) -> None:
     for reason in h["verdict_reasons"]:
         print(f"    {reason}")
     lo, hi = h["toxicity_change_ci95"]
-    print(f"  toxicity (reward model, greedy): {h['toxicity_before']:.4f} -> {h['toxicity_after']:.4f} "
-          f"(after - before 95% CI [{lo:+.4f}, {hi:+.4f}])")
+    figure = h["toxicity_figure"]
+    print(f"  {figure} (reward model, all prompts): {h['toxicity_before']:.4f} -> {h['toxicity_after']:.4f} "
+          f"(after - before 95% CI [{lo:+.4f}, {hi:+.4f}]); greedy mean {h['greedy_toxicity_before']:.4f} -> "
+          f"{h['greedy_toxicity_after']:.4f}")
     if h["judge"]:
-        print(f"  toxicity (judge {h['judge']}, greedy): {h['judge_toxicity_before']:.4f} -> {h['judge_toxicity_after']:.4f}")
+        jlo, jhi = h["judge_change_ci95"]
+        print(f"  {figure} (judge {h['judge']}): {h['judge_toxicity_before']:.4f} -> {h['judge_toxicity_after']:.4f} "
+              f"(CI [{jlo:+.4f}, {jhi:+.4f}])")
     else:
-        print("  toxicity (independent judge): not run")
+        print("  independent judge: not run")
     print(f"  ROUGE-L: {h['rougeL_before']:.4f} -> {h['rougeL_after']:.4f}")
 
 

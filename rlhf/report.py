@@ -44,21 +44,24 @@ def _load(run_dir: Path) -> dict:
 
 
 def headline(ev: dict) -> dict:
-    """The verdict first, then the keys earlier reports had (reward-model and first judge's greedy
-    toxicity on all prompts, ROUGE-L, KL)."""
+    """The verdict first, then the figure it was decided on (``toxicity_*``: Expected Maximum
+    Toxicity over the k samples, or the greedy mean when k = 0; all prompts) for the reward model
+    and the first judge, the greedy mean toxicity beside it, ROUGE-L and KL."""
     p = ev["protocol"]
-    rm = p["toxicity"][RM]["all"]["greedy_mean"]
+    key = "emt" if p["k"] else "greedy_mean"
+    rm, greedy = p["toxicity"][RM]["all"][key], p["toxicity"][RM]["all"]["greedy_mean"]
     judge = ev["judges_run"][0] if ev["judges_run"] else None
-    jb = p["toxicity"][judge]["all"]["greedy_mean"] if judge else None
+    jb = p["toxicity"][judge]["all"][key] if judge else None
     rouge_l = p["quality"]["all"]["rougeL"]
     return {
-        "verdict": p["verdict"]["verdict"], "verdict_reasons": p["verdict"]["reasons"],
+        "verdict": p["verdict"]["verdict"], "verdict_reasons": p["verdict"]["reasons"], "toxicity_figure": FIGURES[key],
         "toxicity_before": rm["before"], "toxicity_after": rm["after"], "toxicity_change_ci95": rm["change_ci95"],
         "toxicity_improvement_pct": 100.0 * (rm["before"] - rm["after"]) / rm["before"] if rm["before"] else 0.0,
+        "greedy_toxicity_before": greedy["before"], "greedy_toxicity_after": greedy["after"],
         "judge": judge, "judge_toxicity_before": jb["before"] if jb else None,
         "judge_toxicity_after": jb["after"] if jb else None, "judge_change_ci95": jb["change_ci95"] if jb else None,
         "rougeL_before": rouge_l["before"], "rougeL_after": rouge_l["after"],
-        "kl_after_vs_before": ev["kl_after_vs_before"], "n_samples": ev["n_prompts"], "k": p["k"],
+        "kl_after_vs_before": ev["kl_after_vs_before"], "n_prompts": ev["n_prompts"], "k": p["k"],
     }
 
 

@@ -37,9 +37,9 @@ def test_evaluate_and_report(finished_run):
     h = report["headline"]
     for key in ("toxicity_before", "toxicity_after", "toxicity_change_ci95", "toxicity_improvement_pct", "judge",
                 "judge_toxicity_before", "judge_toxicity_after", "judge_change_ci95", "rougeL_before", "rougeL_after",
-                "kl_after_vs_before", "n_samples"):
+                "kl_after_vs_before", "n_prompts", "toxicity_figure", "greedy_toxicity_before"):
         assert key in h
-    assert h["n_samples"] == 8 and h["judge"] == "profanity_check" and len(h["toxicity_change_ci95"]) == 2
+    assert h["n_prompts"] == 8 and h["toxicity_figure"] == "Expected Maximum Toxicity" and h["judge"] == "profanity_check" and len(h["toxicity_change_ci95"]) == 2
     assert h["verdict"] in VERDICTS and h["k"] == 3
     text = (run / "report.md").read_text()
     assert text.startswith(f"# RLHF run `{run}`: {h['verdict']}\n")
@@ -71,7 +71,7 @@ def test_report_rebuilt_from_artifacts_matches(finished_run, capsys):
     assert cli_main(["report", str(run)]) == 0
     assert (run / "report.json").read_text() == first
     out = capsys.readouterr().out
-    assert "verdict:" in out and "toxicity (reward model" in out and "ROUGE-L" in out
+    assert "verdict:" in out and "Expected Maximum Toxicity (reward model, all prompts)" in out and "ROUGE-L" in out
 
 
 def test_report_of_a_run_where_nothing_changed(finished_run, tmp_path):
@@ -136,7 +136,7 @@ def test_cli_run_prints_headline(tmp_path, capsys):
     path.write_text(yaml.safe_dump(raw))
     assert cli_main(["run", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "report:" in out and "verdict:" in out and "toxicity (judge profanity_check" in out
+    assert "report:" in out and "verdict:" in out and "greedy mean toxicity (judge profanity_check)" in out
 
 
 def test_response_nll_reuses_the_encoder_and_matches_a_plain_pass():

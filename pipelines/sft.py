@@ -6,18 +6,18 @@ from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import format_prompt, group_dialogues, load_splits
+from rlhf.data import group_dialogues, load_splits
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import count_parameters, load_seq2seq, load_tokenizer
 from rlhf.rundir import keep_or_discard, stage_dir as stage_folder, start_stage
 from rlhf.runtime import use_cpu
-from rlhf.sft import (check_record, finished_variant, leftovers, load_variant, prepare_model, tokenize_split,
+from rlhf.sft import (check_record, finished_variant, fit_prompts, leftovers, load_variant, prepare_model, tokenize_split,
                       train_variant)
 from rlhf.tinyworld.build import resolve_tinyworld
 
 COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", "mean_words", "trainable_params",
-           "total_params", "trainable_pct", "train_seconds", "peak_memory_mb"]
+           "total_params", "trainable_pct", "train_seconds", "train_memory_mb", "peak_memory_mb"]
 
 
 def main(config: ExperimentConfig, resume: bool = False, force: bool = False) -> dict:
@@ -45,8 +45,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
             check_record(stage_dir, config, variant, "its trained model", log=say)
             say(f"sft/{variant.name}: already trained; kept")
         else:
-            model = prepare_model(load_seq2seq(config.model), variant, config)
-            done = train_variant(model, tokenizer, train_ds, eval_ds, config, variant, stage_dir, resume).metrics
+            done = train_variant(prepare_model(load_seq2seq(config.model), variant, config), tokenizer, train_ds,
+                                 eval_ds, config, variant, stage_dir, resume).metrics  # no name keeps the model alive
         trained[variant.name] = done
         print(f"sft/{variant.name}: {done['trainable_params']:,} trainable params "
               f"({done['trainable_pct']:.2f}%), {done['train_seconds']:.1f}s")
@@ -55,7 +55,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
         return {}
 
     test = group_dialogues(splits["test"], config.data)[:config.sft.eval_n_dialogues]
-    prompts = [format_prompt(d.dialogue, config.data.template) for d in test]
+    prompts, shortened = fit_prompts([d.dialogue for d in test], config.data.template, tokenizer,
+                                     config.model.max_input_length)  # over-long dialogues cut inside the template
     results, samples = {}, {}
     base = load_seq2seq(config.model)
     for name, model in [("base", base)] + [(v.name, load_variant(config, v, stage_dir)) for v in config.sft.variants]:
@@ -63,14 +64,15 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                         batch_size=config.sft.eval_batch_size, max_input_length=config.model.max_input_length,
                         seed=config.seed, desc=f"evaluate {name}")
         info = trained.get(name) or {**count_parameters(base), "trainable_params": 0, "trainable_pct": 0.0,
-                                     "train_seconds": 0.0, "peak_memory_mb": None}
+                                     "train_seconds": 0.0, "train_memory_mb": None,
+                                     "peak_memory_mb": None}
         results[name] = {**rouge(gens.texts, [d.references for d in test]), "mean_words": mean_words(gens.texts), **info}
         samples[name] = gens.texts
     for r in results.values():
         r["rougeL_gain"] = r["rougeL"] - results["base"]["rougeL"]
 
     rows = [{"variant": name, **r} for name, r in results.items()]
-    metrics = {"n_test_dialogues": len(test), "variants": results}
+    metrics = {"n_test_dialogues": len(test), "test_prompts_shortened": sum(shortened), "variants": results}
     atomic_write_csv(stage.dir / "results.csv", [{c: row.get(c) for c in COLUMNS} for row in rows])
     atomic_write_text(stage.dir / "results.md", _results_md(rows, len(test)))
     atomic_write_text(stage.dir / "samples.md", _samples_md(test, samples))
@@ -83,7 +85,9 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
 
 def _results_md(rows: list[dict], n: int) -> str:
     return (f"# Stage 2: instruction fine-tuning, full vs LoRA\n\n{n} test dialogues, greedy generation, ROUGE "
-            f"F-measures. Memory: peak resident memory of the process while training (peak GPU memory on CUDA).\n\n"
+            f"F-measures. Memory (peak GPU memory on CUDA): train_memory_mb, the peak while training above what was "
+            f"resident before it (the loaded model; the previous variant freed first): its gradients, optimizer "
+            f"state and activations; peak_memory_mb, the whole process's peak.\n\n"
             f"{markdown_table(rows, COLUMNS)}")
 
 

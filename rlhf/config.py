@@ -50,7 +50,8 @@ class DataConfig:
     summary_column: str = opt("summary")
     min_chars: int = opt(0, non_negative, "drop dialogues shorter than this")
     max_chars: Optional[int] = opt(None, optional(positive), "drop dialogues longer than this")
-    max_samples: Optional[int] = opt(None, optional(positive), "cap on examples per split")
+    max_samples: Optional[int] = opt(None, optional(positive),
+                                     "cap on dialogues per split (every row of a kept dialogue stays)")
     validation_fraction: float = opt(0.1, fraction, "used when the dataset has no validation split")
     test_fraction: float = opt(0.1, fraction, "used when the dataset has no test split")
     template: Literal["summarize", "what_happened"] = opt("summarize")

@@ -133,9 +133,26 @@ def load_splits(cfg: DataConfig, seed: int):
                 f"(min_chars={cfg.min_chars}, max_chars={cfg.max_chars})"
             )
         if cfg.max_samples is not None:
-            ds = ds.select(range(min(cfg.max_samples, len(ds))))
+            ds = cap_dialogues(ds, cfg.max_samples)
         out[split] = ds
     return datasets.DatasetDict(out)
+
+
+def row_groups(values) -> list[list[int]]:
+    """Row indices grouped by equal value, groups in order of first appearance."""
+    groups: dict = {}
+    for i, value in enumerate(values):
+        groups.setdefault(value, []).append(i)
+    return list(groups.values())
+
+
+def cap_dialogues(ds, n: int):
+    """The rows of the first ``n`` distinct dialogues of ``ds``, every row of a kept dialogue (the
+    Hub's DialogSum has a row per reference summary); one row per dialogue: the first ``n`` rows."""
+    groups = row_groups(ds["dialogue"])
+    if len(groups) == len(ds):
+        return ds.select(range(min(n, len(ds))))
+    return ds.select(sorted(i for rows in groups[:n] for i in rows))
 
 
 def _keep(ex: dict, cfg: DataConfig) -> bool:
@@ -157,15 +174,22 @@ def _ensure_splits(raw, cfg: DataConfig, seed: int):
             continue
         if frac <= 0:
             raise UserError(f"data source {cfg.source}: has no '{name}' split and data.{name}_fraction is {frac}")
-        splits["train"], splits[name] = cut_split(splits["train"], name, frac, seed,
-                                                  f"data source {cfg.source}", f"data.{name}_fraction")
+        splits["train"], splits[name] = cut_split(splits["train"], name, frac, seed, f"data source {cfg.source}",
+                                                  f"data.{name}_fraction", group_column="dialogue")
     return datasets.DatasetDict({s: splits[s] for s in SPLITS})
 
 
-def cut_split(train, name: str, frac: float, seed: int, where: str, key: str):
+def cut_split(train, name: str, frac: float, seed: int, where: str, key: str, group_column: str | None = None):
     """(rest of ``train``, split ``name``): ``frac`` of ``train`` cut off by the seed. Both sizes are
     counted first, as ``train_test_split`` counts them, so a split left empty is one line naming
-    ``where`` (the source), the split and the fraction ``key``."""
+    ``where`` (the source), the split and the fraction ``key``.
+
+    ``group_column``: rows sharing its value (the Hub's DialogSum has a dialogue once per reference
+    summary) stay on one side: the distinct values are cut, then expanded back to their rows. Data
+    with one row per value are cut exactly as without it."""
+    groups = row_groups(train[group_column]) if group_column else None
+    if groups is not None and len(groups) < len(train):
+        return _cut_groups(train, groups, name, frac, seed, where, key)
     n_cut = math.ceil(frac * len(train))
     n_rest = len(train) - n_cut
     if n_cut == 0 or n_rest == 0:
@@ -174,6 +198,23 @@ def cut_split(train, name: str, frac: float, seed: int, where: str, key: str):
                         f"(add rows, give the data its own '{name}' split or change {key})")
     cut = train.train_test_split(test_size=frac, seed=seed, shuffle=True)
     return cut["train"], cut["test"]
+
+
+def _cut_groups(train, groups: list[list[int]], name: str, frac: float, seed: int, where: str, key: str):
+    """:func:`cut_split` over groups of rows: ``frac`` of the groups, drawn by the seed's permutation
+    (as ``train_test_split`` draws rows), each group's rows kept together and in order."""
+    import numpy as np
+
+    n_cut = math.ceil(frac * len(groups))
+    n_rest = len(groups) - n_cut
+    if n_cut == 0 or n_rest == 0:
+        raise UserError(f"{where}: cutting the '{name}' split from {len(groups)} distinct 'train' dialogues "
+                        f"({len(train)} rows) with {key}={frac} leaves {n_rest} for 'train' and {n_cut} for "
+                        f"'{name}'; each needs at least one dialogue (add dialogues, give the data its own "
+                        f"'{name}' split or change {key})")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    rows = [[i for g in part for i in groups[g]] for part in (order[n_cut:], order[:n_cut])]
+    return train.select(rows[0]), train.select(rows[1])
 
 
 @dataclass
@@ -267,12 +308,27 @@ class PromptStats:
     shots_used: list[int] = field(default_factory=list)
 
 
-def choose_examples(pool_size: int, shots: int, query_index: int, seed: int) -> list[int]:
-    """Deterministic choice of ``shots`` distinct example indices for the ``query_index``-th prompt."""
+def choose_examples(pool_size: int, shots: int, query_index: int, seed: int,
+                    exclude: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """Deterministic choice of ``shots`` distinct example indices for the ``query_index``-th prompt,
+    none of them in ``exclude`` (fewer when too few are left). A draw that hits no excluded index
+    is the draw without ``exclude``; an excluded pick is replaced by a further draw of the same rng."""
     if shots == 0:
         return []
     rng = random.Random(seed * 1_000_003 + query_index)
-    return rng.sample(range(pool_size), min(shots, pool_size))
+    picks = rng.sample(range(pool_size), min(shots, pool_size))
+    if not exclude.intersection(picks):
+        return picks
+    kept = [j for j in picks if j not in exclude]
+    spare = [j for j in range(pool_size) if j not in exclude and j not in kept]
+    extra = rng.sample(spare, min(len(picks) - len(kept), len(spare)))
+    chosen = []
+    for j in picks:
+        if j not in exclude:
+            chosen.append(j)
+        elif extra:
+            chosen.append(extra.pop(0))
+    return chosen
 
 
 def build_prompt(dialogue: str, examples: list[tuple[str, str]], template: str, tokenizer,
@@ -280,11 +336,12 @@ def build_prompt(dialogue: str, examples: list[tuple[str, str]], template: str, 
     """One k-shot prompt within ``max_tokens``.
 
     Over-length rule: drop in-context examples one at a time (earliest first); if the zero-shot
-    prompt is still too long, truncate the dialogue from the end. Both are counted in ``stats``.
+    prompt is still too long, truncate the dialogue from the end (:func:`shortened_prompt`). Both are
+    counted in ``stats``.
     """
 
-    def n_tokens(text: str) -> int:  # counting only: over-length texts are the point, no warning
-        return len(tokenizer(text, verbose=False).input_ids)
+    def n_tokens(text: str) -> int:
+        return count_tokens(tokenizer, text)
 
     shots = [format_shot(d, s, template) for d, s in examples]
     dropped = 0
@@ -300,18 +357,45 @@ def build_prompt(dialogue: str, examples: list[tuple[str, str]], template: str, 
     if n_tokens(prompt) <= max_tokens:
         return prompt
     stats.dialogues_truncated += 1
-    overhead = n_tokens(format_prompt("", template))
-    ids = tokenizer(dialogue, add_special_tokens=False).input_ids[: max(1, max_tokens - overhead)]
-    return format_prompt(tokenizer.decode(ids, skip_special_tokens=True), template)
+    return shortened_prompt(dialogue, template, tokenizer, max_tokens)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of ``text`` with the special ones (counting only: over-length texts are the point, no warning)."""
+    return len(tokenizer(text, verbose=False).input_ids)
+
+
+def shortened_prompt(dialogue: str, template: str, tokenizer, max_tokens: int) -> str:
+    """The zero-shot prompt of ``dialogue`` cut from its end to fit ``max_tokens``, the template kept.
+
+    The cut is measured again inside the template (a cut word can re-tokenize into more pieces there)
+    and made shorter until the prompt fits; a limit that cannot hold the template and one dialogue
+    token is a :class:`UserError`."""
+    ids = tokenizer(dialogue, add_special_tokens=False).input_ids
+    keep = max(1, max_tokens - count_tokens(tokenizer, format_prompt("", template)))
+    while True:
+        prompt = format_prompt(tokenizer.decode(ids[:keep], skip_special_tokens=True), template)
+        excess = count_tokens(tokenizer, prompt) - max_tokens
+        if excess <= 0:
+            return prompt
+        if keep == 1:
+            raise UserError(f"model.max_input_length={max_tokens} cannot hold the '{template}' prompt with any of "
+                            f"the dialogue: that takes at least {max_tokens + excess} tokens")
+        keep = max(1, keep - excess)
 
 
 def build_prompts(dialogues: list[str], shots: int, pool, template: str, tokenizer, max_tokens: int,
                   seed: int) -> tuple[list[str], PromptStats]:
-    """k-shot prompts for ``dialogues`` with examples drawn from ``pool`` (a dataset split)."""
+    """k-shot prompts for ``dialogues`` with examples drawn from ``pool`` (a dataset split); an
+    example never has the dialogue of the prompt it is shown in."""
     stats = PromptStats()
     prompts = []
+    rows_of = {}
+    if shots:
+        texts = pool["dialogue"] if hasattr(pool, "column_names") else [row["dialogue"] for row in pool]
+        rows_of = {texts[rows[0]]: frozenset(rows) for rows in row_groups(texts)}
     for i, dialogue in enumerate(dialogues):
-        picks = choose_examples(len(pool), shots, i, seed)
+        picks = choose_examples(len(pool), shots, i, seed, rows_of.get(dialogue, frozenset()))
         examples = [(pool[j]["dialogue"], pool[j]["summary"]) for j in picks]
         prompts.append(build_prompt(dialogue, examples, template, tokenizer, max_tokens, stats))
     return prompts, stats

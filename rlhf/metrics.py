@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from statistics import mean
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentence_lines(text: str) -> str:
+    """One sentence per line: ``rougeLsum`` computes the union LCS over sentences split at newlines
+    only, so on one-line text it equals ``rougeL`` (the summarization scripts split with nltk first)."""
+    return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
 
 
 def rouge_per_prediction(predictions: list[str], references: list[str | list[str]]) -> list[dict[str, float]]:
-    """ROUGE F-measures (stemmed, as the ``evaluate`` rouge metric) of each prediction. A prediction
+    """ROUGE F-measures of each prediction, stemmed as the ``evaluate`` rouge metric does; for
+    ``rougeLsum`` both texts are split into sentences first (:func:`sentence_lines`). A prediction
     with several references (DialogSum's test set has three per dialogue) gets the mean of its
-    scores against each one."""
+    scores against each one (``evaluate`` takes the best one instead, which scores higher)."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions vs {len(references)} references")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer([k for k in ROUGE_KEYS if k != "rougeLsum"], use_stemmer=True)
+    summary = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
     out = []
     for pred, refs in zip(predictions, references):
         refs = [refs] if isinstance(refs, str) else list(refs)
-        scores = [scorer.score(ref, pred) for ref in refs]
+        scores = [scorer.score(ref, pred) | summary.score(sentence_lines(ref), sentence_lines(pred)) for ref in refs]
         out.append({k: mean(s[k].fmeasure for s in scores) for k in ROUGE_KEYS})
     return out
 

@@ -138,18 +138,42 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that the
+    resident memory measured next is what is alive, not what an earlier step left in the allocator."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may include freed pages
+        pass
+
+
 class PeakRss:
-    """Peak resident memory of this process while the block runs (sampled every 50 ms), in MiB.
+    """Peak resident memory of this process while the block runs (sampled every 50 ms), in MiB:
+    ``mib``, the whole process's peak, and ``increase_mib``, the peak above what was resident when
+    the block began (with ``settle``, after :func:`release_freed_memory`): what the block itself
+    needed, so that two blocks run one after the other compare fairly.
 
     On CUDA the peak allocated GPU memory is reported instead.
     """
 
+    def __init__(self, settle: bool = False):
+        self.settle = settle
+
     def __enter__(self):
-        self.peak = psutil.Process().memory_info().rss
+        if self.settle:
+            release_freed_memory()
+        self.peak = self.start = psutil.Process().memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         if torch.cuda.is_available():
+            if self.settle:
+                torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+            self.start_gpu = torch.cuda.memory_allocated()
         self._thread.start()
         return self
 
@@ -163,5 +187,7 @@ class PeakRss:
         self._thread.join()
         if torch.cuda.is_available():
             self.mib = torch.cuda.max_memory_allocated() / 2**20
+            self.increase_mib = self.mib - self.start_gpu / 2**20
         else:
             self.mib = self.peak / 2**20
+            self.increase_mib = (self.peak - self.start) / 2**20

@@ -13,7 +13,7 @@ from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text, rea
 from rlhf.checkpoints import CheckpointError, numbered, read_json_state, read_safetensors, read_torch, require_files
 from rlhf.config import ExperimentConfig, SftVariant, config_from_dict, to_dict, to_yaml
 from rlhf.configdiff import resume_changes
-from rlhf.data import format_prompt
+from rlhf.data import format_prompt, shortened_prompt
 from rlhf.errors import UserError
 from rlhf.models import apply_lora, count_parameters
 from rlhf.progress import quiet_trainer, trainer_callback
@@ -32,15 +32,40 @@ SECTIONS = ("seed", "model", "data", "tinyworld", "sft")
 HF_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
+SHORTENED = "prompt_shortened"  # a tokenized split's column: the Trainer drops it (no forward argument)
+
+
+def fit_prompts(dialogues: list[str], template: str, tokenizer, max_input: int) -> tuple[list[str], list[bool]]:
+    """Zero-shot prompts of ``dialogues`` within ``max_input`` tokens, and which were shortened.
+
+    The prompt stage's rule (:func:`rlhf.data.shortened_prompt`): an over-long dialogue is cut inside
+    the template, so the prompt keeps its ending ("Summary:"); prompts that fit are untouched."""
+    prompts = [format_prompt(d, template) for d in dialogues]
+    lengths = [len(ids) for ids in tokenizer(prompts, verbose=False).input_ids] if prompts else []
+    shortened = [n > max_input for n in lengths]
+    for i, over in enumerate(shortened):
+        if over:
+            prompts[i] = shortened_prompt(dialogues[i], template, tokenizer, max_input)
+    return prompts, shortened
+
+
 def tokenize_split(ds, tokenizer, template: str, max_input: int, max_target: int):
-    """Prompt -> ``input_ids``; summary -> ``labels`` (truncated to the configured lengths)."""
+    """Prompt -> ``input_ids`` (over-long dialogues shortened inside the template, :func:`fit_prompts`,
+    marked in the :data:`SHORTENED` column); summary -> ``labels`` (truncated to ``max_target``)."""
 
     def encode(batch):
-        enc = tokenizer([format_prompt(d, template) for d in batch["dialogue"]], max_length=max_input, truncation=True)
+        prompts, shortened = fit_prompts(batch["dialogue"], template, tokenizer, max_input)
+        enc = tokenizer(prompts, max_length=max_input, truncation=True)
         enc["labels"] = tokenizer(text_target=batch["summary"], max_length=max_target, truncation=True)["input_ids"]
+        enc[SHORTENED] = shortened
         return enc
 
     return ds.map(encode, batched=True, remove_columns=ds.column_names)
+
+
+def count_shortened(ds) -> int | None:
+    """How many prompts of a :func:`tokenize_split` split were shortened (None: not recorded)."""
+    return sum(ds[SHORTENED]) if SHORTENED in ds.column_names else None
 
 
 def prepare_model(base, variant: SftVariant, config: ExperimentConfig):
@@ -183,21 +208,28 @@ def train_variant(model, tokenizer, train_ds, eval_ds, config: ExperimentConfig,
     quiet_trainer(trainer)
     say = print if trainer.is_world_process_zero() else (lambda *_: None)
     resume_from = resume_checkpoint(stage_dir, config, variant, log=say) if resume else None
+    shortened = {"train_prompts_shortened": count_shortened(train_ds),  # over-long dialogues cut inside the
+                 "eval_prompts_shortened": count_shortened(eval_ds)}       # template (tokenize_split)
+    if shortened["train_prompts_shortened"]:
+        say(f"sft/{variant.name}: {shortened['train_prompts_shortened']} of {len(train_ds)} training prompts are "
+            f"longer than model.max_input_length={config.model.max_input_length} tokens; their dialogues are shortened")
     if trainer.is_world_process_zero():
         atomic_write_text(record_path(stage_dir, variant), to_yaml(config))
     trainer.accelerator.wait_for_everyone()
     start = time.time()
-    with PeakRss() as mem:
+    with PeakRss(settle=True) as mem:  # the previous variant's memory freed first
         out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - start
     model.eval()
     folder = variant_folder(stage_dir, variant)
     metrics = {
         **count_parameters(trainer.model), "train_seconds": round(seconds, 2), "peak_memory_mb": round(mem.mib, 1),
+        "train_memory_mb": round(mem.increase_mib, 1),  # above the loaded model: gradients, optimizer, activations
         "precision": precision_note(config.model.dtype, config.model.mixed_precision),
         "train_loss": out.training_loss, "global_step": out.global_step, "resumed_from": resume_from,
         # transformers' train_loss is the mean over the steps this process trained: after a resume, from here on
         "train_loss_since_step": int(Path(resume_from).name.split("-")[1]) if resume_from else 0,
+        **shortened,
         "best_eval_loss": trainer.state.best_metric, "world_size": trainer.args.world_size, "learning_rate": variant.learning_rate, "method": variant.method,
     }
     if trainer.is_world_process_zero():  # under DDP only one process writes

@@ -187,3 +187,81 @@ def test_toxic_flags_of_the_training_split_are_booleans_or_one_line(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{**r, "toxic": 1} for r in rows(4)])
     with pytest.raises(UserError, match=r"column 'toxic' has a non-boolean value 1 \(split 'train', row 0\)"):
         toxic_flags(load_splits(cfg, seed=0)["train"], cfg, "train")
+
+
+def hub_rows(n_dialogues, refs=3):
+    """The Hub's DialogSum layout: each dialogue on ``refs`` rows, one per reference summary."""
+    return [{"dialogue": f"#Person1#: topic {i} talk.", "summary": f"ref {k} of {i}"}
+            for i in range(n_dialogues) for k in range(refs)]
+
+
+def test_cut_splits_keep_every_row_of_a_dialogue_on_one_side(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", hub_rows(60))
+    cfg = DataConfig(source=path)
+    splits, again, other = load_splits(cfg, seed=42), load_splits(cfg, seed=42), load_splits(cfg, seed=1)
+    seen = {name: set(ds["dialogue"]) for name, ds in splits.items()}
+    assert {name: len(d) for name, d in seen.items()} == {"train": 48, "validation": 6, "test": 6}
+    assert not seen["test"] & seen["train"] and not seen["validation"] & (seen["train"] | seen["test"])
+    assert {name: len(ds) for name, ds in splits.items()} == {"train": 144, "validation": 18, "test": 18}
+    assert splits["test"]["summary"] == again["test"]["summary"] != other["test"]["summary"]
+    with pytest.raises(UserError, match=r"cutting the 'test' split from 2 distinct 'train' dialogues \(6 rows\) "
+                                        r"with data.test_fraction=0.9 leaves 0 for 'train'"):
+        load_splits(DataConfig(source=write_jsonl(tmp_path / "e.jsonl", hub_rows(2)), test_fraction=0.9), seed=0)
+
+
+def test_cut_of_one_row_per_dialogue_is_the_row_cut():
+    import datasets
+
+    from rlhf.data import cut_split
+
+    ds = datasets.Dataset.from_list(rows(50))
+    grouped = cut_split(ds, "test", 0.2, 3, "w", "k", group_column="dialogue")
+    plain = cut_split(ds, "test", 0.2, 3, "w", "k")
+    assert [g["dialogue"] for g in grouped] == [p["dialogue"] for p in plain]
+
+
+def test_max_samples_caps_dialogues_with_all_their_rows(tmp_path):
+    from rlhf.data import load_eval_dialogues
+
+    write_jsonl(tmp_path / "train.jsonl", rows(6))
+    write_jsonl(tmp_path / "validation.jsonl", rows(3))
+    write_jsonl(tmp_path / "test.jsonl", hub_rows(4))
+    cfg = DataConfig(source=str(tmp_path), max_samples=2)
+    splits = load_splits(cfg, seed=0)
+    assert len(splits["test"]) == 6 and splits["train"]["dialogue"] == [r["dialogue"] for r in rows(2)]
+    assert [d.references for d in load_eval_dialogues(cfg, seed=0)] == [[f"ref {k} of {i}" for k in range(3)]
+                                                                        for i in range(2)]
+
+
+def test_shots_never_show_the_prompt_s_own_dialogue():
+    pool = [{"dialogue": "QUERY", "summary": "S"}] * 8 + [{"dialogue": f"D{i}", "summary": f"S{i}"}
+                                                          for i in range(4)]
+    prompts, stats = build_prompts(["QUERY"] * 20, 2, pool, "summarize", WordTokenizer(), 512, seed=0)
+    assert all(p.count("QUERY") == 1 for p in prompts) and stats.shots_used == [2] * 20
+    others, _ = build_prompts(["OTHER"] * 20, 2, pool, "summarize", WordTokenizer(), 512, seed=0)
+    for i, prompt in enumerate(others):  # a prompt whose dialogue is not in the pool: shots drawn as ever
+        shots = [pool[j] for j in choose_examples(len(pool), 2, i, seed=0)]
+        assert prompt.startswith(format_prompt(shots[0]["dialogue"], "summarize") + "\n" + shots[0]["summary"])
+    few, stats = build_prompts(["QUERY"], 2, pool[6:9], "summarize", WordTokenizer(), 512, seed=0)
+    assert stats.shots_used == [1] and few[0].count("QUERY") == 1
+
+
+class SplittingTokenizer(WordTokenizer):
+    """Decoding a cut adds a word, as a cut word re-tokenizes into more pieces in a real tokenizer."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join("w" for _ in ids) + " piece"
+
+
+@pytest.mark.parametrize("limit", [8, 12, 40])
+def test_truncated_dialogue_is_measured_again_inside_the_template(limit):
+    tok = SplittingTokenizer()
+    stats = PromptStats()
+    prompt = build_prompt("q " * 100, [], "summarize", tok, max_tokens=limit, stats=stats)
+    assert len(tok(prompt).input_ids) == limit and prompt.endswith("\n\nSummary:") and stats.dialogues_truncated == 1
+
+
+def test_a_limit_that_cannot_hold_the_template_is_one_line():
+    with pytest.raises(UserError, match=r"^model.max_input_length=6 cannot hold the 'summarize' prompt with any "
+                                        r"of the dialogue: that takes at least 7 tokens$"):
+        build_prompt("q " * 100, [], "summarize", WordTokenizer(), max_tokens=6, stats=PromptStats())

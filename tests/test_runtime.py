@@ -66,3 +66,18 @@ def test_compile_is_unavailable_without_a_cpp_compiler(monkeypatch):
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert compile_unavailable(torch.device("cpu")) == "no C++ compiler on PATH"
+
+
+def test_peak_rss_separates_what_the_block_needed_from_what_was_resident():
+    import time
+
+    from rlhf.runtime import PeakRss
+
+    before = torch.ones(64, 2**20)  # 256 MiB resident before the block
+    with PeakRss(settle=True) as mem:
+        inside = torch.ones(32, 2**20)  # 128 MiB more while it runs
+        time.sleep(0.3)  # the sampler looks every 50 ms
+        del inside
+    assert 100 < mem.increase_mib < 200, mem.increase_mib
+    assert mem.mib > mem.increase_mib + 200
+    del before

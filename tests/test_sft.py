@@ -67,7 +67,7 @@ def test_sft_stage_writes_comparison_and_loadable_models(tmp_path):
     assert set(metrics["variants"]) == {"base", "full", "lora"}
     for row in metrics["variants"].values():
         assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "trainable_params", "total_params", "trainable_pct",
-                "train_seconds", "peak_memory_mb"} <= set(row)
+                "train_seconds", "train_memory_mb", "peak_memory_mb"} <= set(row)
     lora, full = metrics["variants"]["lora"], metrics["variants"]["full"]
     assert lora["trainable_params"] < 0.1 * lora["total_params"]
     assert full["trainable_params"] == full["total_params"]
@@ -83,13 +83,33 @@ def test_adapter_round_trip_gives_identical_generations(tmp_path):
     tokenizer = load_tokenizer(config.model)
     splits = load_splits(config.data, config.seed)
     ds = tokenize_split(splits["train"], tokenizer, "summarize", 256, 32)
+    short = tokenize_split(splits["validation"].select(range(8)), tokenizer, "summarize", 40, 32)
     model = prepare_model(load_seq2seq(config.model), variant, config)
-    train_variant(model, tokenizer, ds, ds.select(range(8)), config, variant, tmp_path / "sft")
+    result = train_variant(model, tokenizer, ds, short, config, variant, tmp_path / "sft")
+    assert (result.metrics["train_prompts_shortened"], result.metrics["eval_prompts_shortened"]) == (0, 8)
     reloaded = load_variant(config, variant, tmp_path / "sft")
     prompts = [format_prompt(d, "summarize") for d in splits["test"]["dialogue"][:6]]
     kwargs = dict(max_new_tokens=10, batch_size=3, max_input_length=256, seed=0)
     assert generate(model.eval(), tokenizer, prompts, GenerationSetting(), **kwargs).texts == \
         generate(reloaded, tokenizer, prompts, GenerationSetting(), **kwargs).texts
+
+
+def test_over_long_prompts_keep_the_template_ending(tmp_path):
+    """SFT inputs follow the prompt stage's rule: the dialogue is cut inside the template."""
+    from rlhf.sft import count_shortened, fit_prompts
+
+    config = sft_config(tmp_path)
+    tokenizer = load_tokenizer(config.model)
+    train = load_splits(config.data, config.seed)["train"].select(range(8))
+    short = tokenize_split(train, tokenizer, "summarize", 40, 32)
+    for ids in short["input_ids"]:
+        assert len(ids) <= 40 and tokenizer.decode(ids, skip_special_tokens=True).endswith("Summary:")
+    assert count_shortened(short) == 8
+    prompts, shortened = fit_prompts(train["dialogue"], "summarize", tokenizer, 40)
+    assert short["input_ids"] == tokenizer(prompts).input_ids and shortened == [True] * 8
+    fits = tokenize_split(train, tokenizer, "summarize", 256, 32)  # prompts that fit: untouched
+    assert fits["input_ids"] == tokenizer([format_prompt(d, "summarize") for d in train["dialogue"]]).input_ids
+    assert count_shortened(fits) == 0 and fit_prompts(train["dialogue"], "summarize", tokenizer, 256)[1] == [False] * 8
 
 
 class Interrupt(Exception):

@@ -40,6 +40,10 @@ def device(kind: str) -> int:
         print(f"error: torch {torch.__version__} sees no CUDA device (a CPU build of torch, or no GPU visible); "
               f"install a CUDA build into the venv, or use --device cpu", file=sys.stderr)
         return 2
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        print(f"error: {torch.cuda.get_device_name(0)} has no bf16 support, which the smoke script's bf16 phases "
+              f"need (model.mixed_precision=bf16)", file=sys.stderr)
+        return 2
     name = torch.cuda.get_device_name(0) if kind == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}")
     return 0

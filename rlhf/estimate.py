@@ -41,6 +41,11 @@ class Shape:
     dec_params: int  # decoder transformer blocks
     total: int       # everything, embeddings and lm_head included
     cross_kv: int = 0  # decoder cross-attention key/value weights: they run on the prompt's tokens
+    attn_inner: int = 0  # heads x d_kv, the width of attention scores and values (0: d_model)
+
+    @property
+    def attention_width(self) -> int:
+        return self.attn_inner or self.d_model
 
 
 def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torch.nn.Module]:
@@ -57,7 +62,7 @@ def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torc
     return shape, model
 
 
-T5_KEYS = ("d_model", "num_heads", "num_layers", "num_decoder_layers", "vocab_size")
+T5_KEYS = ("d_model", "num_heads", "d_kv", "num_layers", "num_decoder_layers", "vocab_size")
 CROSS_KV = re.compile(r"EncDecAttention\.[kv]\.")
 
 
@@ -76,7 +81,7 @@ def shape_of(model: torch.nn.Module) -> Shape:
                    and "lora_" not in n)
     total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once, as in memory
     return Shape(cfg.d_model, cfg.num_heads, cfg.num_layers, cfg.num_decoder_layers, cfg.vocab_size, enc, dec,
-                 total, cross_kv)
+                 total, cross_kv, cfg.num_heads * cfg.d_kv)
 
 
 def lora_params(model: torch.nn.Module, lora_cfg, decoder_only: bool = False) -> int:
@@ -101,22 +106,26 @@ def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str, with_
 
 
 def encoder_flops(s: Shape, batch: int, src: int) -> float:
-    """The encoder's share of a forward: 2 FLOPs per weight per token plus attention scores."""
-    return 2 * s.enc_params * src * batch + 4 * batch * s.d_model * s.enc_layers * src * src
+    """The encoder's share of a forward: 2 FLOPs per weight per token plus attention scores and
+    their weighted values (2 x 2 FLOPs per query, key and heads x d_kv channel)."""
+    return 2 * s.enc_params * src * batch + 4 * batch * s.attention_width * s.enc_layers * src * src
 
 
 def forward_flops(s: Shape, batch: int, src: int, tgt: int) -> float:
     """One teacher-forced forward: 2 FLOPs per weight per token (cross-attention keys and values per
     prompt token), attention scores, and the lm_head."""
     decoder = (2 * (s.dec_params - s.cross_kv) * tgt + 2 * s.cross_kv * src) * batch \
-        + 4 * batch * s.d_model * s.dec_layers * (tgt * tgt + tgt * src)
+        + 4 * batch * s.attention_width * s.dec_layers * (tgt * tgt + tgt * src)
     head = 2 * batch * tgt * s.d_model * s.vocab
     return encoder_flops(s, batch, src) + decoder + head
 
 
-def memory(total: int, trainable: int, precision: str, act: float) -> dict[str, float]:
-    """GiB of weights, gradients, optimizer states and activations (``act`` bytes) in ``precision``."""
-    weights = {"fp32": 4 * total, "bf16_mixed": 6 * total, "bf16_pure": 2 * total}[precision]
+def memory(frozen: int, trainable: int, precision: str, act: float) -> dict[str, float]:
+    """GiB of weights (``frozen`` + ``trainable`` parameters), gradients, optimizer states and
+    activations (``act`` bytes) in ``precision``."""
+    total = frozen + trainable
+    # autocast keeps a bf16 copy of the weights that train (leaves with grad); frozen ones are cast per use
+    weights = {"fp32": 4 * total, "bf16_mixed": 4 * total + 2 * trainable, "bf16_pure": 2 * total}[precision]
     grad_bytes, moment_bytes = (2, 4) if precision == "bf16_pure" else (4, 8)
     parts = {"weights": weights, "gradients": trainable * grad_bytes, "optimizer": trainable * moment_bytes,
              "activations": act}
@@ -156,14 +165,16 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
     lora_ppo = lora_params(model, config.ppo.lora, decoder_only=config.ppo.frozen_encoder)
     for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
         out["stages"][name] = {"trainable_params": trainable, **{
-            dtype: memory(s.total, trainable, dtype, activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in PRECISIONS}}
+            dtype: memory(s.total - trainable if name == "sft_full" else s.total, trainable, dtype,
+                          activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in PRECISIONS}}
     p = config.ppo
     head = s.d_model + 1
     ppo_trainable = (lora_ppo if p.policy == "lora" else s.total) + head
-    extra = (reward_params or 0) + (0 if p.policy == "lora" else s.total)  # reward model; frozen reference copy
+    # frozen: the base under the adapter, or the reference copy of a full policy; and the reward model
+    frozen = s.total + (reward_params or 0)
     out["stages"]["ppo"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
                             else "frozen copy", "reward_params": reward_params, **{
-        dtype: memory(s.total + extra, ppo_trainable, dtype,
+        dtype: memory(frozen, ppo_trainable, dtype,
                       activation_bytes(s, p.mini_batch_size * (2 if p.ptx_coef > 0 else 1), src,  # ptx rows ride along
                                        max(p.max_new_tokens, sft_tgt if p.ptx_coef > 0 else 0), dtype, not p.frozen_encoder))
         for dtype in PRECISIONS}}

@@ -27,6 +27,8 @@ def test_estimate_flan_t5_base_shape(flan_base_config):
     assert full["bf16_mixed"]["weights"] == pytest.approx(1.5 * full["fp32"]["weights"])
     assert full["bf16_mixed"]["optimizer"] == full["fp32"]["optimizer"] == 2 * full["bf16_pure"]["optimizer"]
     assert full["bf16_mixed"]["activations"] < 0.6 * full["fp32"]["activations"]  # fp32 logits kept
+    # with LoRA only the adapter's weights get autocast's kept bf16 copy; the frozen base is cast per use
+    assert est["stages"]["sft_lora"]["bf16_mixed"]["weights"] == pytest.approx((251_116_800 * 4 + 3_538_944 * 2) / GIB)  # adapter counted
     assert est["configured"] == "fp32"
     lora = est["stages"]["sft_lora"]["fp32"]
     assert lora["gradients"] < 0.02 * full["fp32"]["gradients"]
@@ -86,6 +88,7 @@ def test_shape_counts_t5_cross_attention_keys_and_values():
     with torch.device("meta"):
         s = shape_of(T5ForConditionalGeneration(cfg))
     assert s.cross_kv == 3 * 2 * 16 * 8  # 3 decoder layers x (k, v) x d_model x heads * d_kv
+    assert s.attention_width == s.attn_inner == 8  # heads x d_kv: the width attention scores run at
 
 
 def test_frozen_encoder_estimate_trains_and_keeps_the_decoder_only(flan_base_config):

@@ -121,3 +121,36 @@ def test_cache_is_keyed_by_settings_and_reused(world):
     other = dataclasses.replace(SMALL, seed=1)
     assert cache_key(other) != cache_key(SMALL)
     assert cache_key(dataclasses.replace(SMALL, cache_dir="/elsewhere")) == cache_key(SMALL)
+
+
+def test_cache_key_follows_the_worlds_design(tmp_path, monkeypatch):
+    import rlhf.tinyworld.build as build
+
+    copies = []
+    for path in build.DESIGN_FILES:
+        copies.append(tmp_path / path.name)
+        copies[-1].write_bytes(path.read_bytes())
+    assert build.design_digest(tuple(copies)) == build.design_digest()
+    copies[1].write_bytes(copies[1].read_bytes() + b"\n# one more comment\n")  # corpus.py edited: a new world
+    assert build.design_digest(tuple(copies)) != build.design_digest()
+    key = cache_key(SMALL)
+    monkeypatch.setitem(build.TEMPLATES, "another", "Say it: {dialogue}")  # a template the tokenizer would learn
+    assert cache_key(SMALL) != key
+
+
+def test_a_build_that_another_process_finished_first_is_kept(tmp_path, monkeypatch):
+    import rlhf.tinyworld.build as build
+
+    tw = dataclasses.replace(SMALL, cache_dir=str(tmp_path))
+    folder = build.cache_root(tw) / cache_key(tw)
+
+    def racing_build(tw, out, log):  # the other process finishes while this one builds
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+        (folder / "theirs").write_text("x")
+        Path(out).mkdir(parents=True)
+        (Path(out) / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(build, "build_tinyworld", racing_build)
+    assert ensure_tinyworld(tw, log=lambda *_: None) == folder
+    assert (folder / "theirs").is_file() and sorted(p.name for p in folder.parent.iterdir()) == [folder.name]

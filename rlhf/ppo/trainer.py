@@ -301,17 +301,25 @@ class PPOTrainer:
 
 
 class Timer:
-    """Accumulates wall time per named block: ``with timer("generate"): ...``."""
+    """Accumulates wall time per named block: ``with timer("generate"): ...``. On CUDA each block
+    waits for the GPU's queued work at its start and end, so it is charged for its own kernels."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
     @contextlib.contextmanager
     def __call__(self, name: str):
+        self._sync()
         start = time.perf_counter()
         try:
             yield
         finally:
+            self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 

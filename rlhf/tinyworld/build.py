@@ -3,7 +3,7 @@
 Layout of a build::
 
     dialogsum/{train,validation,test}.jsonl   dialogue, summary, topic, toxic
-    toxicity/{train,test}.jsonl               text, label (1 = toxic); test phrasings unseen in train
+    toxicity/{train,test}.jsonl               text, label (1 = toxic); test insults phrased otherwise
     tokenizer/                                AutoTokenizer.from_pretrained loads it
     base_model/                               T5ForConditionalGeneration + tokenizer (safetensors)
     classifier/                               config + tokenizer for the reward classifier
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -38,11 +39,30 @@ MAX_LENGTH = 512
 N_SENTINELS = 20
 
 
+DESIGN_FILES = tuple(Path(__file__).parent / name for name in ("build.py", "corpus.py", "pretrain.py", "tokenizer.py"))
+
+
+def design_digest(files: tuple[Path, ...] = DESIGN_FILES) -> str:
+    """What makes a world besides its settings: the source of the modules that build it, the prompt
+    templates its tokenizer learns, and the versions of the libraries that train it. Any edit to
+    them is a new world (a stale build is never reused; a rebuild takes a minute or two)."""
+    from importlib import metadata
+
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.read_bytes())
+    h.update(json.dumps(TEMPLATES, sort_keys=True).encode())
+    for pkg in ("torch", "transformers", "tokenizers"):
+        h.update(f"{pkg}={metadata.version(pkg)}".encode())
+    return h.hexdigest()
+
+
 def cache_key(tw: TinyWorldConfig) -> str:
-    """The build's identity: its design version, its settings, and whether subnormals are flushed
-    (which moves the pre-training's last bits)."""
+    """The build's identity: its design (:func:`design_digest`, and the version named below), its
+    settings, and whether subnormals are flushed (which moves the pre-training's last bits)."""
     settings = {k: v for k, v in dataclasses.asdict(tw).items() if k != "cache_dir"}
-    blob = json.dumps({"version": BUILD_VERSION, "flush_denormals": denormals_flushed(), **settings}, sort_keys=True)
+    blob = json.dumps({"version": BUILD_VERSION, "design": design_digest(), "flush_denormals": denormals_flushed(),
+                       **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -57,7 +77,16 @@ def ensure_tinyworld(tw: TinyWorldConfig, log=print) -> Path:
     if (folder / "manifest.json").is_file():
         return folder
     log(f"building the offline tiny world in {folder} (first use; cached afterwards)")
-    build_tinyworld(tw, folder, log=log)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.build")  # this process's own
+    build_tinyworld(tw, staging, log=log)
+    if not folder.is_dir() or not (folder / "manifest.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # not a build: a folder without a manifest
+        try:
+            os.rename(staging, folder)  # atomic; refused when another process's build got there first
+        except OSError:
+            if not (folder / "manifest.json").is_file():
+                raise
+    shutil.rmtree(staging, ignore_errors=True)  # another process built the same world first: theirs stays
     return folder
 
 

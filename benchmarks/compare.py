@@ -1,7 +1,10 @@
 """Our PPO step vs the classic TRL 0.11.4 seq2seq PPOTrainer, alternating runs on identical inputs.
 
 The peer (../shared/peers/trl011/bench_trl.py, run in its own venv at $PEER/venv) writes the
-initial weights, tokenizer and prompts first; both implementations then start from them. Runs
+initial weights, tokenizer and prompts first; both implementations then start from them (the same
+base weights and prompt token ids; the fresh LoRA A matrices and value head are each side's own
+draw, and our batches are a seeded permutation of the prompts, not the peer's order: about 1% apart
+in tokens per measured step). Runs
 alternate (peer, ours, peer, ours, ...) because this kind of VM changes speed over time. Each
 round runs the peer, then our step with the peer's settings and numerics (fp32) eagerly and with
 ``ppo.compile`` (the headline ratio when it compiled), then two variants that are not like for

@@ -29,7 +29,7 @@ class WordsReward:
     def rewards(self, texts: list[str]) -> torch.Tensor:
         out = []
         for text in texts:
-            words = text.lower().split()
+            words = [w.strip(".,?!") for w in text.lower().split()]  # as the peer's bench_trl.py
             out.append(sum(w in GOOD for w in words) - sum(w in BAD for w in words) + 0.02 * len(words))
         return torch.tensor(out)
 

@@ -43,11 +43,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     main_process = PartialState(cpu=use_cpu()).is_main_process
     say = print if main_process else (lambda *_: None)
     ckpt_dir = stage_dir(config, "ppo") / "checkpoints"
-    if not resume:  # before anything is written: an earlier run's checkpoints go only with --force
+    if not resume and not force:  # an earlier run's checkpoints: refused at once (kept)
         keep_or_discard("ppo", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
-    if main_process:  # what a killed write left, and folders that are not checkpoints
-        clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
-    stage = start_stage(config, "ppo")
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
@@ -55,6 +52,12 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     n_truncated = _report_truncation(tokenizer, prompts, config.model.max_input_length, say)
     ptx = (ptx_pairs(prompts, list(splits["train"]["summary"]), toxic, cfg.ptx_coef, config.sft.max_target_length)
            if cfg.ptx_coef > 0 else None)
+    # the models and data loaded (a bad path or file has failed by now): only then is anything discarded
+    if not resume and force:
+        keep_or_discard("ppo", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
+    if main_process:  # what a killed write left, and folders that are not checkpoints
+        clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
+    stage = start_stage(config, "ppo")
     trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
                          log_dir=stage.dir / "trackers", config_record=to_dict(config),

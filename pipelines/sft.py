@@ -9,7 +9,7 @@ from rlhf.config import ExperimentConfig, GenerationSetting
 from rlhf.data import group_dialogues, load_splits
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
-from rlhf.models import count_parameters, load_seq2seq, load_tokenizer
+from rlhf.models import check_lora_targets, count_parameters, load_seq2seq, load_tokenizer
 from rlhf.rundir import keep_or_discard, stage_dir as stage_folder, start_stage
 from rlhf.runtime import use_cpu
 from rlhf.sft import (check_record, finished_variant, fit_prompts, leftovers, load_variant, prepare_model, tokenize_split,
@@ -28,6 +28,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     say = print if state.is_main_process else (lambda *_: None)
     stage_dir = stage_folder(config, "sft")
     splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
+    if any(v.method == "lora" for v in config.sft.variants):  # before the full variant trains for minutes
+        check_lora_targets(config.model, config.sft.lora, "sft.lora")
     if not resume:  # before anything is written: an earlier run's work goes only with --force
         keep_or_discard("sft", stage_dir / "checkpoints", leftovers(stage_dir), force, log=say,
                         extra=tuple(stage_dir.glob("*/train_metrics.json")))

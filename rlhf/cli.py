@@ -67,6 +67,10 @@ def run_stage(name: str, config, force: bool = False, resume: bool = False) -> N
 
 def _preflight(config) -> None:
     """Settings that only a later stage reads but that are missing for sure."""
+    variants = [v.name for v in config.sft.variants]
+    if config.ppo.start_from not in ("base", *variants):
+        raise UserError(f"config key 'ppo.start_from': {config.ppo.start_from!r} is not an SFT variant "
+                        f"({', '.join(variants)}) or 'base'")
     if config.reward.pretrained is None and config.reward.data.source is None:
         raise UserError("config key 'reward.data.source' is not set: the reward stage needs labelled data to train "
                         "on (or name a classifier in reward.pretrained)")
@@ -99,8 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+OPTIONS = {"--force": ("run", "STAGE"), "--resume": ("run", "STAGE"), "--out": ("tinyworld",),
+           "--seed": ("tinyworld",), "--prompt-tokens": ("estimate",)}  # STAGE: each stage command
+
+
+def _refuse_foreign_options(ns, argv: list[str]) -> None:
+    """An option the command does not read is refused, not ignored (``rlhf run --seed 7`` ran seed 42)."""
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+    command = "STAGE" if ns.command in _stages() else ns.command
+    for option in given:
+        if option in OPTIONS and command not in OPTIONS[option]:
+            shown = ", ".join("a stage command" if c == "STAGE" else c for c in OPTIONS[option])
+            raise UserError(f"option {option} does not apply to `rlhf {ns.command}` (only to: {shown})")
+
+
 def dispatch(argv: list[str]) -> None:
     ns = _parser().parse_intermixed_args(argv)
+    _refuse_foreign_options(ns, argv)
     if ns.command == "tinyworld":
         return _tinyworld(ns)
     if ns.command == "report":

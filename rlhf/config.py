@@ -126,8 +126,13 @@ class LoraConfig:
     r: int = opt(32, positive)
     alpha: int = opt(32, positive)
     dropout: float = opt(0.05, fraction)
-    target_modules: list[str] = opt(["q", "v"], doc="module name suffixes to adapt")
+    target_modules: list[str] = opt(["q", "v"], non_empty, "module name suffixes to adapt")
     bias: Literal["none", "all", "lora_only"] = opt("none")
+
+
+# What the sft stage's folder holds besides one folder per variant (a variant may not be named so)
+SFT_STAGE_ENTRIES = frozenset({"checkpoints", "config.yaml", "manifest.json", "metrics.json", "results.csv",
+                               "results.md", "samples.md"})
 
 
 @dataclass
@@ -165,8 +170,9 @@ class SftConfig:
             raise UserError(f"config key 'sft.save_steps': value {self.save_steps} must be a multiple of "
                             f"sft.eval_steps ({self.eval_steps}) for early stopping to keep the best checkpoint")
         names = [v.name for v in self.variants]
-        if len(set(names)) != len(names) or "base" in names:
-            raise UserError(f"config key 'sft.variants': names {names} must be unique and not 'base'")
+        if len(set(names)) != len(names) or "base" in names or set(names) & SFT_STAGE_ENTRIES:
+            raise UserError(f"config key 'sft.variants': names {names} must be unique, and neither "
+                            f"'base' nor a file of the stage's folder ({', '.join(sorted(SFT_STAGE_ENTRIES))})")
 
 
 @dataclass
@@ -283,6 +289,11 @@ class PpoConfig:
         if self.toxic_per_batch is not None and not 0 < self.toxic_per_batch < self.batch_size:
             raise UserError(f"config key 'ppo.toxic_share': value {self.toxic_share} gives {self.toxic_per_batch} of "
                             f"{self.batch_size} prompts per batch; both toxic and clean ones are needed")
+        if self.frozen_encoder and self.policy != "lora":
+            raise UserError("config key 'ppo.frozen_encoder': needs ppo.policy lora (a full policy trains the encoder)")
+        from rlhf.ppo.ranks import check_update_plan  # here, not at the top: it imports this module
+
+        check_update_plan(self, 1)  # one process; `accelerate launch` checks its own count again
 
     @property
     def toxic_per_batch(self) -> int | None:

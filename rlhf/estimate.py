@@ -51,7 +51,14 @@ class Shape:
 def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torch.nn.Module]:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    from rlhf.errors import first_line
+    from rlhf.models import check_local
+
+    check_local(name, "model")
+    try:
+        cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:  # an unreachable hub id, a folder without config.json, ...
+        raise UserError(f"config key 'model.name': cannot read the config of {name!r}: {first_line(err)}") from None
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(cfg, trust_remote_code=trust_remote_code)
     shape = shape_of(model)
@@ -84,10 +91,10 @@ def shape_of(model: torch.nn.Module) -> Shape:
                  total, cross_kv, cfg.num_heads * cfg.d_kv)
 
 
-def lora_params(model: torch.nn.Module, lora_cfg, decoder_only: bool = False) -> int:
+def lora_params(model: torch.nn.Module, lora_cfg, decoder_only: bool = False, key: str = "lora") -> int:
     from rlhf.models import apply_lora
 
-    wrapped = apply_lora(model, lora_cfg, decoder_only=decoder_only)
+    wrapped = apply_lora(model, lora_cfg, decoder_only=decoder_only, key=key)
     n = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     wrapped.unload()
     return n
@@ -161,8 +168,8 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
     out: dict = {"model": config.model.name, "total_params": s.total, "prompt_tokens": src, "stages": {},
                  "configured": configured_precision(config)}
     sft_tgt, sft_b = config.sft.max_target_length, config.sft.batch_size
-    lora_sft = lora_params(model, config.sft.lora)
-    lora_ppo = lora_params(model, config.ppo.lora, decoder_only=config.ppo.frozen_encoder)
+    lora_sft = lora_params(model, config.sft.lora, key="sft.lora")
+    lora_ppo = lora_params(model, config.ppo.lora, decoder_only=config.ppo.frozen_encoder, key="ppo.lora")
     for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
         out["stages"][name] = {"trainable_params": trainable, **{
             dtype: memory(s.total - trainable if name == "sft_full" else s.total, trainable, dtype,

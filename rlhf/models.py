@@ -139,15 +139,34 @@ def refuse_trainable_encoder(model: torch.nn.Module) -> None:
                         f"e.g. {trainable[0]}")
 
 
-def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM", decoder_only: bool = False):
-    """Wrap ``model`` with a fresh trainable LoRA adapter (peft); base weights frozen.
-    ``decoder_only``: no adapter inside the encoder (``exclude_modules``)."""
-    from peft import LoraConfig, get_peft_model
-
+def refuse_missing_targets(model: torch.nn.Module, cfg, key: str) -> None:
+    """One line naming ``key`` when LoRA ``cfg.target_modules`` names a module ``model`` lacks."""
     candidates = lora_target_candidates(model)
     missing = [m for m in cfg.target_modules if m not in candidates]
     if missing:
-        raise UserError(f"LoRA target modules {missing} are not in the model; it has Linear modules: {', '.join(candidates)}")
+        raise UserError(f"config key '{key}.target_modules': {missing} are not in the model; it has Linear modules: "
+                        f"{', '.join(candidates)}")
+
+
+def check_lora_targets(model_cfg: ModelConfig, cfg, key: str) -> None:
+    """:func:`refuse_missing_targets` on the model's shape alone (meta tensors, no weights read), so
+    a stage can refuse before it trains anything."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    refuse_missing_targets(model, cfg, key)
+
+
+def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM", decoder_only: bool = False,
+               key: str = "lora"):
+    """Wrap ``model`` with a fresh trainable LoRA adapter (peft); base weights frozen.
+    ``decoder_only``: no adapter inside the encoder (``exclude_modules``); ``key``: the config
+    section ``cfg`` came from, named in a refusal."""
+    from peft import LoraConfig, get_peft_model
+
+    refuse_missing_targets(model, cfg, key)
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
                         bias=cfg.bias, task_type=task_type, exclude_modules=ENCODER_MODULES if decoder_only else None)
     return get_peft_model(model, config)

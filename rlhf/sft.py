@@ -77,7 +77,7 @@ def prepare_model(base, variant: SftVariant, config: ExperimentConfig):
 
     set_seed(config.seed)
     if variant.method == "lora":
-        return apply_lora(base, config.sft.lora)
+        return apply_lora(base, config.sft.lora, key="sft.lora")
     for p in base.parameters():
         p.requires_grad_(True)
     return base

@@ -173,7 +173,7 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
     set_seed(config.seed)
     ref_lm = None
     if config.ppo.policy == "lora":
-        lm = apply_lora(lm, config.ppo.lora, decoder_only=config.ppo.frozen_encoder)
+        lm = apply_lora(lm, config.ppo.lora, decoder_only=config.ppo.frozen_encoder, key="ppo.lora")
     else:
         import copy
 

@@ -59,7 +59,10 @@ def design_digest(files: tuple[Path, ...] = DESIGN_FILES) -> str:
 
 def cache_key(tw: TinyWorldConfig) -> str:
     """The build's identity: its design (:func:`design_digest`, and the version named below), its
-    settings, and whether subnormals are flushed (which moves the pre-training's last bits)."""
+    settings, and whether subnormals are flushed (which moves the pre-training's last bits). The
+    thread count is left out on purpose, though it too moves those bits: stages run with another
+    count must find the world their earlier stages used (`benchmarks/robustness.py` gives its
+    one-thread run a cache of its own)."""
     settings = {k: v for k, v in dataclasses.asdict(tw).items() if k != "cache_dir"}
     blob = json.dumps({"version": BUILD_VERSION, "design": design_digest(), "flush_denormals": denormals_flushed(),
                        **settings}, sort_keys=True)

@@ -67,10 +67,9 @@ def run_stage(name: str, config, force: bool = False, resume: bool = False) -> N
 
 def _preflight(config) -> None:
     """Settings that only a later stage reads but that are missing for sure."""
-    variants = [v.name for v in config.sft.variants]
-    if config.ppo.start_from not in ("base", *variants):
-        raise UserError(f"config key 'ppo.start_from': {config.ppo.start_from!r} is not an SFT variant "
-                        f"({', '.join(variants)}) or 'base'")
+    from rlhf.ppo.model import check_start_from
+
+    check_start_from(config)
     if config.reward.pretrained is None and config.reward.data.source is None:
         raise UserError("config key 'reward.data.source' is not set: the reward stage needs labelled data to train "
                         "on (or name a classifier in reward.pretrained)")
@@ -91,7 +90,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                allow_abbrev=False)  # `--see 7` is not --seed: every option is checked by its name
     p.add_argument("command", help="run | report | estimate | tinyworld | " + " | ".join(_stages()))
     p.add_argument("args", nargs="*", help="CONFIG then key.sub=value overrides")
     p.add_argument("--force", action="store_true", help="re-run stages that already finished; discard the "

@@ -49,18 +49,9 @@ class Shape:
 
 
 def model_shape(name: str, trust_remote_code: bool = False) -> tuple[Shape, torch.nn.Module]:
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from rlhf.models import meta_model
 
-    from rlhf.errors import first_line
-    from rlhf.models import check_local
-
-    check_local(name, "model")
-    try:
-        cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception as err:  # an unreachable hub id, a folder without config.json, ...
-        raise UserError(f"config key 'model.name': cannot read the config of {name!r}: {first_line(err)}") from None
-    with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    cfg, model = meta_model(name, trust_remote_code)
     shape = shape_of(model)
     if cfg.model_type == "t5" and not getattr(cfg, "scale_decoder_outputs", True):
         # T5 v1.1 / Flan-T5 checkpoints carry their own lm_head; transformers 5 ties it when

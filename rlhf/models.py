@@ -89,9 +89,12 @@ def fuse_gelu(model: torch.nn.Module) -> int:
 
 
 class Fp32Linear(torch.nn.Linear):
-    """A ``Linear`` that computes in fp32 even under autocast (same parameters, same state dict)."""
+    """A ``Linear`` that computes in fp32 under autocast (same parameters, same state dict); without
+    autocast it is a plain ``Linear`` (pure bf16 weights stay bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
             bias = None if self.bias is None else self.bias.float()
             return torch.nn.functional.linear(x.float(), self.weight.float(), bias)
@@ -148,15 +151,24 @@ def refuse_missing_targets(model: torch.nn.Module, cfg, key: str) -> None:
                         f"{', '.join(candidates)}")
 
 
-def check_lora_targets(model_cfg: ModelConfig, cfg, key: str) -> None:
-    """:func:`refuse_missing_targets` on the model's shape alone (meta tensors, no weights read), so
-    a stage can refuse before it trains anything."""
+def meta_model(name: str, trust_remote_code: bool = False):
+    """(config, the seq2seq model built from it on the meta device: shapes, no weights read), or one
+    line naming ``model.name`` when its config cannot be read."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    config = AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    check_local(name, "model")
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:  # an unreachable hub id, a folder without config.json, ...
+        raise UserError(f"config key 'model.name': cannot read the config of {name!r}: {first_line(err)}") from None
     with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
-    refuse_missing_targets(model, cfg, key)
+        return config, AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def check_lora_targets(model_cfg: ModelConfig, cfg, key: str) -> None:
+    """:func:`refuse_missing_targets` on the model's shape alone (:func:`meta_model`), so a stage
+    can refuse before it trains anything."""
+    refuse_missing_targets(meta_model(model_cfg.name, model_cfg.trust_remote_code)[1], cfg, key)
 
 
 def apply_lora(model: torch.nn.Module, cfg, task_type: str = "SEQ_2_SEQ_LM", decoder_only: bool = False,

@@ -314,6 +314,17 @@ def test_bad_input_is_one_line_and_exit_2(name, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "pickle_ran").exists()  # no payload ran
 
 
+def test_a_bad_setting_under_force_keeps_a_finished_ppo_and_its_checkpoints(tmp_path, capsys, monkeypatch):
+    """--force discards an earlier run's checkpoints only once the policy, reward model and data loaded."""
+    monkeypatch.chdir(tmp_path)
+    finished(tmp_path, ["sft", "reward", "ppo"])
+    step = tmp_path / "runs" / "t" / "ppo" / "checkpoints" / "step-2"
+    step.mkdir(parents=True)
+    assert cli_main(["ppo", "--force", *exp(tmp_path, "ppo.start_from=fulll")]) == 2
+    assert "'fulll' is not an SFT variant" in capsys.readouterr().err
+    assert step.is_dir() and (tmp_path / "runs" / "t" / "ppo" / "manifest.json").is_file()
+
+
 @pytest.mark.parametrize("error, shown", [
     (PermissionError(13, "Permission denied", "/runs/t/ppo/metrics.jsonl"), "/runs/t/ppo/metrics.jsonl: Permission denied"),
     (OSError(28, "No space left on device"), "No space left on device"),

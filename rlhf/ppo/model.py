@@ -143,14 +143,21 @@ def as_encoder_outputs(states: torch.Tensor | None):
     return None if states is None else BaseModelOutput(last_hidden_state=states)
 
 
+def check_start_from(config: ExperimentConfig) -> None:
+    """One line unless ``ppo.start_from`` names an SFT variant or 'base'."""
+    variants = [v.name for v in config.sft.variants]
+    if config.ppo.start_from not in ("base", *variants):
+        raise UserError(f"config key 'ppo.start_from': {config.ppo.start_from!r} is not an SFT variant "
+                        f"({', '.join(variants)}) or 'base'")
+
+
 def sft_start_path(config: ExperimentConfig, sft_dir: Path | None) -> tuple[str, str | None]:
     """(base model path, SFT adapter path or None) that PPO starts from."""
+    check_start_from(config)
     name = config.ppo.start_from
     if name == "base":
         return config.model.name, None
     variants = {v.name: v for v in config.sft.variants}
-    if name not in variants:
-        raise UserError(f"config key 'ppo.start_from': {name!r} is not an SFT variant ({', '.join(variants)}) or 'base'")
     from rlhf.sft import variant_folder
 
     folder = variant_folder(sft_dir, variants[name])

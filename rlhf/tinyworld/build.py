@@ -82,15 +82,17 @@ def ensure_tinyworld(tw: TinyWorldConfig, log=print) -> Path:
     log(f"building the offline tiny world in {folder} (first use; cached afterwards)")
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.build")  # this process's own
     build_tinyworld(tw, staging, log=log)
-    if not folder.is_dir() or not (folder / "manifest.json").is_file():
-        shutil.rmtree(folder, ignore_errors=True)  # not a build: a folder without a manifest
+    for _ in range(2):
         try:
-            os.rename(staging, folder)  # atomic; refused when another process's build got there first
+            os.rename(staging, folder)  # atomic; refused when a folder is already there
+            return folder
         except OSError:
-            if not (folder / "manifest.json").is_file():
-                raise
-    shutil.rmtree(staging, ignore_errors=True)  # another process built the same world first: theirs stays
-    return folder
+            if (folder / "manifest.json").is_file():  # another process built the same world first: theirs stays
+                shutil.rmtree(staging, ignore_errors=True)
+                return folder
+            # not a build (no manifest; builds arrive whole, by rename): moved aside, never deleted in place
+            os.rename(folder, folder.with_name(f".{folder.name}.{os.getpid()}.stale"))
+    raise UserError(f"could not put the tiny world built in {staging} at {folder}")
 
 
 def _jsonl(rows: list[dict]) -> str:

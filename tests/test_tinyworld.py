@@ -154,3 +154,11 @@ def test_a_build_that_another_process_finished_first_is_kept(tmp_path, monkeypat
     monkeypatch.setattr(build, "build_tinyworld", racing_build)
     assert ensure_tinyworld(tw, log=lambda *_: None) == folder
     assert (folder / "theirs").is_file() and sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_no_held_out_toxicity_text_is_also_a_training_text(world):
+    import json
+
+    rows = {split: [json.loads(line)["text"] for line in (world / "toxicity" / f"{split}.jsonl").open()]
+            for split in ("train", "test")}
+    assert rows["test"] and not set(rows["test"]) & set(rows["train"])

@@ -110,10 +110,12 @@ def _write_corpus(tw: TinyWorldConfig, out: Path) -> list[str]:
     n_train = tw.n_toxicity_texts * 3 // 4
     tox = {"train": make_toxicity_texts(n_train, tw.seed, heldout=False),
            "test": make_toxicity_texts(tw.n_toxicity_texts - n_train, tw.seed, heldout=True)}
-    for split, rows in tox.items():
+    seen = {t for t, _ in tox["train"]}
+    held_out = [(t, y) for t, y in tox["test"] if t not in seen]  # a text met in training is not held out
+    for split, rows in (("train", tox["train"]), ("test", held_out)):
         atomic_write_text(out / "toxicity" / f"{split}.jsonl",
                           _jsonl([{"text": t, "label": y} for t, y in rows]))
-    texts = [d.dialogue for d in corpus] + [d.summary for d in corpus]
+    texts = [d.dialogue for d in corpus] + [d.summary for d in corpus]  # the tokenizer learns every drawn text
     return texts + [t for rows in tox.values() for t, _ in rows] + [t.format(dialogue="") for t in TEMPLATES.values()]
 
 

@@ -236,7 +236,7 @@ def make_corpus(n: int, toxic_fraction: float, seed: int) -> list[Dialogue]:
 
 # Labelled texts for the reward classifier. Held-out insults (alone or before a summary) and conflict
 # descriptions use phrasings never seen in training; spliced insults and clean texts come from the same
-# generators as training's (a review found 19 of 400 held-out texts, all clean, word for word in training).
+# generators as training's; a drawn held-out text that training also has is left out of the test split.
 TOXIC_TRAIN = ABUSE_LINES[:6] + ABUSE_SUMMARIES[:3] + [
     "You {adj} {noun}, nobody wants you here.",
     "What a {adj} {noun} you are.",

@@ -12,7 +12,7 @@ import dataclasses
 
 from rlhf.artifacts import atomic_write_jsonl
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import format_prompt, load_eval_dialogues
+from rlhf.data import fit_prompts, load_eval_dialogues
 from rlhf.evaluation import response_logprobs, response_nll, sequence_kl
 from rlhf.generation import generate
 from rlhf.judges import load_judges
@@ -128,14 +128,15 @@ def main(config: ExperimentConfig) -> dict:
     dialogues = load_eval_dialogues(config.data, config.seed, cfg.n_dialogues)  # before the stage folder is touched
     stage = start_stage(config, "evaluate")
     tokenizer = load_tokenizer(config.model)
-    prompts = [format_prompt(d.dialogue, config.data.template) for d in dialogues]
+    prompts, shortened = fit_prompts([d.dialogue for d in dialogues], config.data.template, tokenizer,
+                                     config.model.max_input_length)  # over-long dialogues cut inside the template
     with autocast(config.model.mixed_precision):
         records, info = _generate_and_score(config, dialogues, prompts, tokenizer, ppo_dir, reward_dir)
     atomic_write_jsonl(stage.dir / "generations.jsonl", records)
     judges = info["judges_run"]
     protocol = summarize(records, [RM, *judges], judges, cfg.threshold, cfg.bootstrap_resamples, config.seed,
                          cfg.bounds)
-    metrics = {"n_prompts": len(prompts), "n_samples": cfg.n_samples, "threshold": cfg.threshold, **info,
+    metrics = {"n_prompts": len(prompts), "prompts_shortened": sum(shortened), "n_samples": cfg.n_samples, "threshold": cfg.threshold, **info,
                "bounds": dataclasses.asdict(cfg.bounds),
                "generation": {"greedy": True, "sampled_per_prompt": cfg.n_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
                               "max_new_tokens": cfg.max_new_tokens or config.sft.max_new_tokens},

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from rlhf.artifacts import atomic_dir, atomic_write_text
 from rlhf.checkpoints import clean_stray
 from rlhf.config import ExperimentConfig, to_dict
-from rlhf.data import format_prompt, group_dialogues, load_splits, toxic_flags
+from rlhf.data import fit_prompts, group_dialogues, load_splits, toxic_flags
 from rlhf.models import load_tokenizer
 from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.ppo.evaluation import before_after
@@ -48,8 +48,9 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
-    prompts = [format_prompt(d, config.data.template) for d in splits["train"]["dialogue"]]
-    n_truncated = _report_truncation(tokenizer, prompts, config.model.max_input_length, say)
+    prompts, shortened = fit_prompts(list(splits["train"]["dialogue"]), config.data.template, tokenizer,
+                                     config.model.max_input_length)  # as SFT trained on them
+    n_shortened = _report_shortened(shortened, config.model.max_input_length, say)
     ptx = (ptx_pairs(prompts, list(splits["train"]["summary"]), toxic, cfg.ptx_coef, config.sft.max_target_length)
            if cfg.ptx_coef > 0 else None)
     # the models and data loaded (a bad path or file has failed by now): only then is anything discarded
@@ -87,7 +88,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                "frozen_encoder": cfg.frozen_encoder,
                "compiled": trainer.policy.compiled,
                "memory_before_models_mb": round(before_models_mib, 1), "peak_memory_mb": round(mem.mib, 1),
-               "train_prompts_truncated": n_truncated,
+               "train_prompts_shortened": n_shortened,
                "precision": precision_note(config.model.dtype, config.model.mixed_precision)}
     stage.write_metrics(metrics)
     atomic_write_text(stage.dir / "before_after.json", json.dumps(result["rows"], indent=1))
@@ -122,12 +123,13 @@ def _resume(trainer, ckpt_dir: Path, config: ExperimentConfig, say) -> None:
         say(f"ppo: resumed from {ckpt.folder} (step {ckpt.step} of {config.ppo.steps})")
 
 
-def _report_truncation(tokenizer, prompts: list[str], max_length: int, say) -> int:
-    """How many training prompts are longer than ``model.max_input_length`` (PPO cuts them); said once."""
-    n = sum(len(ids) > max_length for ids in tokenizer(prompts, add_special_tokens=True).input_ids)
+def _report_shortened(shortened: list[bool], max_length: int, say) -> int:
+    """How many training prompts were longer than ``model.max_input_length`` (their dialogues are
+    shortened inside the template, :func:`rlhf.data.fit_prompts`); said once."""
+    n = sum(shortened)
     if n:
-        say(f"ppo: {n} of {len(prompts)} training prompts are longer than model.max_input_length={max_length} "
-            f"tokens and are cut to it")
+        say(f"ppo: {n} of {len(shortened)} training prompts are longer than model.max_input_length={max_length} "
+            f"tokens; their dialogues are shortened inside the template")
     return n
 
 

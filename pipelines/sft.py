@@ -6,13 +6,13 @@ from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import group_dialogues, load_splits
+from rlhf.data import fit_prompts, group_dialogues, load_splits
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import check_lora_targets, count_parameters, load_seq2seq, load_tokenizer
 from rlhf.rundir import keep_or_discard, stage_dir as stage_folder, start_stage
 from rlhf.runtime import use_cpu
-from rlhf.sft import (check_record, finished_variant, fit_prompts, leftovers, load_variant, prepare_model, tokenize_split,
+from rlhf.sft import (check_record, finished_variant, leftovers, load_variant, prepare_model, tokenize_split,
                       train_variant)
 from rlhf.tinyworld.build import resolve_tinyworld
 

@@ -384,6 +384,20 @@ def shortened_prompt(dialogue: str, template: str, tokenizer, max_tokens: int) -
         keep = max(1, keep - excess)
 
 
+def fit_prompts(dialogues: list[str], template: str, tokenizer, max_input: int) -> tuple[list[str], list[bool]]:
+    """Zero-shot prompts of ``dialogues`` within ``max_input`` tokens, and which were shortened.
+
+    The prompt stage's rule (:func:`shortened_prompt`), also for SFT, PPO and evaluation: an over-long dialogue is cut inside
+    the template, so the prompt keeps its ending ("Summary:"); prompts that fit are untouched."""
+    prompts = [format_prompt(d, template) for d in dialogues]
+    lengths = [len(ids) for ids in tokenizer(prompts, verbose=False).input_ids] if prompts else []
+    shortened = [n > max_input for n in lengths]
+    for i, over in enumerate(shortened):
+        if over:
+            prompts[i] = shortened_prompt(dialogues[i], template, tokenizer, max_input)
+    return prompts, shortened
+
+
 def build_prompts(dialogues: list[str], shots: int, pool, template: str, tokenizer, max_tokens: int,
                   seed: int) -> tuple[list[str], PromptStats]:
     """k-shot prompts for ``dialogues`` with examples drawn from ``pool`` (a dataset split); an

@@ -13,7 +13,7 @@ from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text, rea
 from rlhf.checkpoints import CheckpointError, numbered, read_json_state, read_safetensors, read_torch, require_files
 from rlhf.config import ExperimentConfig, SftVariant, config_from_dict, to_dict, to_yaml
 from rlhf.configdiff import resume_changes
-from rlhf.data import format_prompt, shortened_prompt
+from rlhf.data import fit_prompts
 from rlhf.errors import UserError
 from rlhf.models import apply_lora, count_parameters
 from rlhf.progress import quiet_trainer, trainer_callback
@@ -33,20 +33,6 @@ HF_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth
 
 
 SHORTENED = "prompt_shortened"  # a tokenized split's column: the Trainer drops it (no forward argument)
-
-
-def fit_prompts(dialogues: list[str], template: str, tokenizer, max_input: int) -> tuple[list[str], list[bool]]:
-    """Zero-shot prompts of ``dialogues`` within ``max_input`` tokens, and which were shortened.
-
-    The prompt stage's rule (:func:`rlhf.data.shortened_prompt`): an over-long dialogue is cut inside
-    the template, so the prompt keeps its ending ("Summary:"); prompts that fit are untouched."""
-    prompts = [format_prompt(d, template) for d in dialogues]
-    lengths = [len(ids) for ids in tokenizer(prompts, verbose=False).input_ids] if prompts else []
-    shortened = [n > max_input for n in lengths]
-    for i, over in enumerate(shortened):
-        if over:
-            prompts[i] = shortened_prompt(dialogues[i], template, tokenizer, max_input)
-    return prompts, shortened
 
 
 def tokenize_split(ds, tokenizer, template: str, max_input: int, max_target: int):

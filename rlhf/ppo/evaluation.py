@@ -5,7 +5,7 @@ from __future__ import annotations
 from statistics import mean
 
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import EvalDialogue, format_prompt
+from rlhf.data import EvalDialogue, fit_prompts
 from rlhf.generation import generate
 from rlhf.metrics import rouge
 from rlhf.ppo.model import reference_lm
@@ -21,7 +21,7 @@ def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[
 def before_after(policy, tokenizer, scorer, test: list[EvalDialogue], config: ExperimentConfig) -> dict:
     """Greedy responses of the reference (before) and the policy (after) on the same prompts,
     their reward-model toxicity (toxic probability) and ROUGE against the references."""
-    prompts = [format_prompt(d.dialogue, config.data.template) for d in test]
+    prompts, _ = fit_prompts([d.dialogue for d in test], config.data.template, tokenizer, config.model.max_input_length)
     references = [d.references for d in test]
     with reference_lm(policy.lm, policy.ref_lm) as ref:
         before = greedy(ref, tokenizer, prompts, config)

@@ -53,12 +53,16 @@ def test_ppo_stage_end_to_end(tmp_path):
     assert [row["step"] for row in log] == [1, 2, 3, 4]
 
 
-def test_truncated_training_prompts_are_reported(tmp_path):
+def test_long_training_prompts_are_shortened_inside_the_template_and_reported(tmp_path):
+    from rlhf.data import fit_prompts
     from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(config_for(tmp_path).model)
+    dialogues = ["#Person1#: hi there, how are you today? #Person2#: fine, thanks, and you? " * 4, "hi"]
+    prompts, shortened = fit_prompts(dialogues, "summarize", tokenizer, 40)
+    assert shortened == [True, False] and prompts[0].endswith("Summary:") and len(tokenizer(prompts[0]).input_ids) <= 40
     lines = []
-    prompts = ["Summarize the following conversation.\n\n#Person1#: hi there, how are you today?\n\nSummary:", "hi"]
-    assert ppo_stage._report_truncation(tokenizer, prompts, 8, lines.append) == 1
-    assert lines == ["ppo: 1 of 2 training prompts are longer than model.max_input_length=8 tokens and are cut to it"]
-    assert ppo_stage._report_truncation(tokenizer, prompts, 512, lines.append) == 0 and len(lines) == 1
+    assert ppo_stage._report_shortened(shortened, 40, lines.append) == 1
+    assert lines == ["ppo: 1 of 2 training prompts are longer than model.max_input_length=40 tokens; their dialogues "
+                     "are shortened inside the template"]
+    assert ppo_stage._report_shortened([False, False], 24, lines.append) == 0 and len(lines) == 1

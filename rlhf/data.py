@@ -190,14 +190,21 @@ def cut_split(train, name: str, frac: float, seed: int, where: str, key: str, gr
     groups = row_groups(train[group_column]) if group_column else None
     if groups is not None and len(groups) < len(train):
         return _cut_groups(train, groups, name, frac, seed, where, key)
-    n_cut = math.ceil(frac * len(train))
-    n_rest = len(train) - n_cut
-    if n_cut == 0 or n_rest == 0:
-        raise UserError(f"{where}: cutting the '{name}' split from {len(train)} 'train' rows with {key}={frac} "
-                        f"leaves {n_rest} for 'train' and {n_cut} for '{name}'; each needs at least one row "
-                        f"(add rows, give the data its own '{name}' split or change {key})")
+    _cut_size(len(train), frac, name, where, key, f"{len(train)} 'train' rows", "row")
     cut = train.train_test_split(test_size=frac, seed=seed, shuffle=True)
     return cut["train"], cut["test"]
+
+
+def _cut_size(n: int, frac: float, name: str, where: str, key: str, counted: str, unit: str) -> int:
+    """How many of ``n`` units ``frac`` cuts off (counted as ``train_test_split`` counts), or one line
+    when either side would be left empty."""
+    n_cut = math.ceil(frac * n)
+    n_rest = n - n_cut
+    if n_cut == 0 or n_rest == 0:
+        raise UserError(f"{where}: cutting the '{name}' split from {counted} with {key}={frac} leaves {n_rest} for "
+                        f"'train' and {n_cut} for '{name}'; each needs at least one {unit} (add {unit}s, give the data "
+                        f"its own '{name}' split or change {key})")
+    return n_cut
 
 
 def _cut_groups(train, groups: list[list[int]], name: str, frac: float, seed: int, where: str, key: str):
@@ -205,13 +212,8 @@ def _cut_groups(train, groups: list[list[int]], name: str, frac: float, seed: in
     (as ``train_test_split`` draws rows), each group's rows kept together and in order."""
     import numpy as np
 
-    n_cut = math.ceil(frac * len(groups))
-    n_rest = len(groups) - n_cut
-    if n_cut == 0 or n_rest == 0:
-        raise UserError(f"{where}: cutting the '{name}' split from {len(groups)} distinct 'train' dialogues "
-                        f"({len(train)} rows) with {key}={frac} leaves {n_rest} for 'train' and {n_cut} for "
-                        f"'{name}'; each needs at least one dialogue (add dialogues, give the data its own "
-                        f"'{name}' split or change {key})")
+    n_cut = _cut_size(len(groups), frac, name, where, key,
+                      f"{len(groups)} distinct 'train' dialogues ({len(train)} rows)", "dialogue")
     order = np.random.default_rng(seed).permutation(len(groups))
     rows = [[i for g in part for i in groups[g]] for part in (order[n_cut:], order[:n_cut])]
     return train.select(rows[0]), train.select(rows[1])

@@ -48,7 +48,7 @@ def headline(ev: dict) -> dict:
     Toxicity over the k samples, or the greedy mean when k = 0; all prompts) for the reward model
     and the first judge, the greedy mean toxicity beside it, ROUGE-L and KL."""
     p = ev["protocol"]
-    key = "emt" if p["k"] else "greedy_mean"
+    key = p["decided_on"]
     rm, greedy = p["toxicity"][RM]["all"][key], p["toxicity"][RM]["all"]["greedy_mean"]
     judge = ev["judges_run"][0] if ev["judges_run"] else None
     jb = p["toxicity"][judge]["all"][key] if judge else None

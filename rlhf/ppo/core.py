@@ -42,14 +42,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over masked positions (Bessel-corrected by default, as lm-human-preferences)."""
-    mean = masked_mean(x, mask)
-    n = mask.sum().to(x.dtype)
-    var = masked_mean((x - mean) ** 2, mask)
-    return var * n / (n - 1).clamp(min=1) if unbiased else var
-
-
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
                   sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """[B, T] -> [B, T]: (x - mean) / std over real tokens; padding positions come back as 0.
@@ -59,13 +51,11 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     are those of all processes' tokens together, as one process holding the whole batch would
     compute them (None: this process's tokens).
     """
-    if sum_over_processes is None:
-        mean, var = masked_mean(x, mask), masked_var(x, mask)
-    else:
-        m = mask.to(x.dtype)
-        n = sum_over_processes(m.sum())
-        mean = sum_over_processes((x * m).sum()) / n.clamp(min=1)
-        var = sum_over_processes(((x - mean) ** 2 * m).sum()) / n.clamp(min=1) * n / (n - 1).clamp(min=1)
+    total = sum_over_processes or (lambda t: t)
+    m = mask.to(x.dtype)
+    n = total(m.sum())
+    mean = total((x * m).sum()) / n.clamp(min=1)  # as masked_mean; the variance Bessel-corrected
+    var = total(((x - mean) ** 2 * m).sum()) / n.clamp(min=1) * n / (n - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

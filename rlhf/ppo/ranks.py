@@ -18,10 +18,14 @@ from rlhf.config import PpoConfig
 from rlhf.errors import UserError
 
 
+def mini_batch_per_process(cfg: PpoConfig, world: int) -> int:
+    """Rollouts in each process's share of a mini-batch (at least one)."""
+    return max(1, cfg.mini_batch_size // world)
+
+
 def minibatches_per_update(cfg: PpoConfig, world: int) -> int:
     """Mini-batch passes of one update on each process: ``ppo_epochs`` x its rollouts per mini-batch."""
-    per_process, mb = cfg.batch_size // world, max(1, cfg.mini_batch_size // world)
-    return cfg.ppo_epochs * -(-per_process // mb)
+    return cfg.ppo_epochs * -(-(cfg.batch_size // world) // mini_batch_per_process(cfg, world))
 
 
 def check_update_plan(cfg: PpoConfig, world: int) -> None:

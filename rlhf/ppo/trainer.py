@@ -22,7 +22,8 @@ from rlhf.ppo import core
 from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.ptx import PtxBatch, PtxPairs, pad_cat
-from rlhf.ppo.ranks import check_update_plan, generator_states, restore_generators, seed_process
+from rlhf.ppo.ranks import (check_update_plan, generator_states, mini_batch_per_process, minibatches_per_update,
+                            restore_generators, seed_process)
 from rlhf.ppo.sampling import batch_indices
 from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
                                score_responses)
@@ -131,8 +132,7 @@ class PPOTrainer:
         """This rank's share of the ``draw``-th mini-batch of PPO-ptx pairs: as many pairs as the rank's
         mini-batch has rollouts (``ppo.mini_batch_size`` over all processes, at least one each)."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        per_rank = max(1, self.cfg.mini_batch_size // world)
-        idx = self.ptx.indices(draw, per_rank * world, self.seed + 2)
+        idx = self.ptx.indices(draw, mini_batch_per_process(self.cfg, world) * world, self.seed + 2)
         return self.ptx.encode(self.tokenizer, idx[rank::world], self.max_input_length, self.accelerator.device)
 
     # ------------------------------------------------------------------ one step
@@ -189,8 +189,9 @@ class PPOTrainer:
         mini-batch's forward also carries a mini-batch of supervised pairs."""
         cfg = self.cfg
         dec = decoder_inputs(batch.responses, self.start_token)
-        mb = max(1, cfg.mini_batch_size // self.accelerator.num_processes)
-        draws_per_step = cfg.ppo_epochs * -(-len(batch.responses) // mb)  # ptx draws are a function of the step
+        world = self.accelerator.num_processes
+        mb = mini_batch_per_process(cfg, world)
+        draws_per_step = minibatches_per_update(cfg, world)  # ptx draws are a function of the step
         sums: dict[str, float] = {}
         count, stop = 0, False
         lengths = batch.queries.attention_mask.sum(-1)

@@ -25,7 +25,8 @@ def main(config: ExperimentConfig) -> dict:
         model, tokenizer = load_classifier(cfg.pretrained, cfg.trust_remote_code)
         label = cfg.non_toxic_label
     else:
-        model, tokenizer = load_classifier(cfg.model, cfg.trust_remote_code, from_scratch=cfg.from_scratch)
+        model, tokenizer = load_classifier(cfg.model, cfg.trust_remote_code, from_scratch=cfg.from_scratch,
+                                           init_seed=config.seed)
         model.config.id2label, model.config.label2id = dict(ID2LABEL), {v: k for k, v in ID2LABEL.items()}
         model, train_info = train_classifier(model, tokenizer, splits, cfg, stage.dir / "checkpoints", config.seed)
         info.update(train_info)

@@ -87,9 +87,15 @@ def _normalise(ds, cfg: RewardDataConfig, split: str):
 # --------------------------------------------------------------------------------------------
 
 
-def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bool = False):
-    """(model, tokenizer) for a sequence classifier at ``name``; one-line errors otherwise."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bool = False,
+                    init_seed: int | None = None):
+    """(model, tokenizer) for a sequence classifier at ``name``; one-line errors otherwise.
+
+    ``init_seed`` seeds whatever the load initialises at random (all weights when ``from_scratch``,
+    a new classification head otherwise) without touching the process's RNG streams, so the model
+    to be trained is the same whatever ran before it in the process (``rlhf reward`` alone or
+    after SFT inside ``rlhf run``)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     _check_local_classifier(name, from_scratch)
     try:
@@ -101,18 +107,27 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs) and not from_scratch:
         raise UserError(f"reward model '{name}' is a {archs[0]}, not a sequence classifier")
     try:
-        if from_scratch:
-            config.num_labels = 2
-            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                name, trust_remote_code=trust_remote_code, num_labels=2, use_safetensors=True,
-                id2label=config.id2label if len(config.id2label) == 2 else ID2LABEL,
-                label2id=config.label2id if len(config.id2label) == 2 else {v: k for k, v in ID2LABEL.items()},
-            )
+        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            model = _build_classifier(name, config, trust_remote_code, from_scratch)
     except Exception as err:
         raise UserError(f"reward model '{name}' is not a sequence classifier: {first_line(err)}") from None
     return model.eval(), tokenizer
+
+
+def _build_classifier(name: str, config, trust_remote_code: bool, from_scratch: bool):
+    from transformers import AutoModelForSequenceClassification
+
+    if from_scratch:
+        config.num_labels = 2
+        return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    two = len(config.id2label) == 2
+    return AutoModelForSequenceClassification.from_pretrained(
+        name, trust_remote_code=trust_remote_code, num_labels=2, use_safetensors=True,
+        id2label=config.id2label if two else ID2LABEL,
+        label2id=config.label2id if two else {v: k for k, v in ID2LABEL.items()},
+    )
 
 
 def _check_local_classifier(name: str, from_scratch: bool) -> None:

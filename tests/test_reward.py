@@ -40,6 +40,27 @@ def test_reward_stage_trains_and_reports(trained):
     assert not (folder / "checkpoints").exists()
 
 
+def test_a_classifier_built_to_train_starts_from_its_seed_whatever_ran_before(trained):
+    config, _ = trained
+    name = config.reward.model  # the tiny world's encoder config, resolved
+
+    def build(before: int, seed: int) -> tuple[dict, float]:
+        torch.manual_seed(before)  # whatever the process did first (inside `rlhf run`: SFT)
+        model, _ = load_classifier(name, from_scratch=True, init_seed=seed)
+        return model.state_dict(), torch.rand(1).item()  # the process's stream goes on untouched
+
+    (first, after0), (second, after1) = build(0, 3), build(1, 3)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert (after0, after1) == (_next_after_seed(0), _next_after_seed(1))
+    other, _ = build(0, 4)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def _next_after_seed(seed: int) -> float:
+    torch.manual_seed(seed)
+    return torch.rand(1).item()
+
+
 @pytest.fixture(scope="module")
 def scorer(trained):
     config, _ = trained

@@ -36,19 +36,23 @@ def tiny_t5_config(tw: TinyWorldConfig, vocab_size: int, max_length: int) -> T5C
 
 def span_corrupt(ids: list[int], sentinels: list[int], eos: int, rng: random.Random,
                  noise: float = 0.15, mean_span: float = 3.0) -> tuple[list[int], list[int]]:
-    """One example: (input ids with sentinels, target ids). ``sentinels[0]`` is ``<extra_id_0>``."""
+    """One example: (input ids with sentinels, target ids). ``sentinels[0]`` is ``<extra_id_0>``.
+
+    As T5 (Raffel et al. 2020, sec. 3.1.4), the spans are numbered in order with no gaps, and
+    spans never touch: a start inside or right after the previous span is dropped, since two
+    sentinels side by side would mean one span."""
     n = len(ids)
     n_noise = max(1, round(n * noise))
     n_spans = max(1, min(len(sentinels), round(n_noise / mean_span)))
     starts = sorted(rng.sample(range(n), n_spans))
-    inputs, targets, pos = [], [], 0
-    for k, start in enumerate(starts):
-        if start < pos:
+    inputs, targets, pos, k = [], [], 0, 0
+    for start in starts:
+        if start < pos or (k and start == pos):
             continue
         length = max(1, min(n - start, round(rng.expovariate(1 / mean_span))))
         inputs += ids[pos:start] + [sentinels[k]]
         targets += [sentinels[k]] + ids[start:start + length]
-        pos = start + length
+        pos, k = start + length, k + 1
     inputs += ids[pos:] + [eos]
     targets += [eos]
     return inputs, targets

@@ -33,8 +33,13 @@ def world():
 
 
 def test_same_seed_same_corpus_and_tokenizer_bytes(tmp_path, world):
-    rebuilt = build_tinyworld(SMALL, tmp_path / "again", log=lambda *_: None)
+    lines = []
+    rebuilt = build_tinyworld(SMALL, tmp_path / "again", log=lines.append)
     assert digest(world, CORPUS_FILES) == digest(rebuilt, CORPUS_FILES)
+    # a newcomer waiting on the first build sees it move: corpus, each quarter of pre-training, done
+    steps = [line for line in lines if line.startswith("denoising pre-training: step")]
+    assert lines[0].startswith("corpus of 200 dialogues") and len(steps) == 4 and steps[-1].startswith(
+        "denoising pre-training: step 10/10") and lines[-1].startswith("tiny world built in")
 
 
 def test_other_seed_other_corpus():

@@ -125,6 +125,8 @@ def build_tinyworld(tw: TinyWorldConfig, out: str | Path, log=print) -> Path:
     with atomic_dir(out) as tmp:
         texts = _write_corpus(tw, tmp)
         tok = train_tokenizer(texts, tw.vocab_size, N_SENTINELS)
+        log(f"corpus of {tw.n_dialogues} dialogues and {tw.n_toxicity_texts} labelled texts drawn, "
+            f"tokenizer of {tok.get_vocab_size()} tokens trained ({time.time() - start:.1f}s)")
         save_tokenizer(tok, tmp / "tokenizer", MAX_LENGTH)
         tokenizer = AutoTokenizer.from_pretrained(str(tmp / "tokenizer"))
         losses = _build_base_model(tw, tmp, tokenizer, log)
@@ -144,7 +146,7 @@ def _build_base_model(tw: TinyWorldConfig, out: Path, tokenizer, log) -> list[fl
     dialogues = [json.loads(line)["dialogue"] for line in (out / "dialogsum" / "train.jsonl").open()]
     ids = [tokenizer(d, add_special_tokens=False).input_ids for d in dialogues]
     sentinels = tokenizer.convert_tokens_to_ids(sentinel_tokens(N_SENTINELS)[::-1])
-    losses = pretrain(model, ids, sentinels, tokenizer.eos_token_id, tw, tw.seed)
+    losses = pretrain(model, ids, sentinels, tokenizer.eos_token_id, tw, tw.seed, log=log)
     if losses:
         log(f"denoising pre-training: loss {losses[0]:.2f} -> {sum(losses[-20:]) / len(losses[-20:]):.2f}")
     model.generation_config.max_length = None

@@ -80,8 +80,9 @@ def _example(ids: list[int], sentinels: list[int], eos: int, rng: random.Random,
 
 
 def pretrain(model: T5ForConditionalGeneration, token_ids: list[list[int]], sentinels: list[int],
-             eos: int, tw: TinyWorldConfig, seed: int) -> list[float]:
-    """Train ``model`` in place with the objective mixture of ``tw``; returns the loss per step."""
+             eos: int, tw: TinyWorldConfig, seed: int, log=None) -> list[float]:
+    """Train ``model`` in place with the objective mixture of ``tw``; returns the loss per step.
+    ``log`` (if given) gets a progress line after each quarter of the steps."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optim = torch.optim.AdamW(model.parameters(), lr=tw.pretrain_lr, weight_decay=0.01)
@@ -100,5 +101,8 @@ def pretrain(model: T5ForConditionalGeneration, token_ids: list[list[int]], sent
         sched.step()
         optim.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if log is not None and 4 * len(losses) // tw.pretrain_steps > 4 * (len(losses) - 1) // tw.pretrain_steps:
+            recent = losses[-20:]
+            log(f"denoising pre-training: step {len(losses)}/{tw.pretrain_steps}, loss {sum(recent) / len(recent):.2f}")
     model.eval()
     return losses

@@ -66,6 +66,7 @@ def test_key_facts_are_in_the_dialogue_and_the_reference():
     for d in corpus:
         for fact in d.key_facts:
             assert fact in d.dialogue and fact in d.summary, (fact, d.summary)
+            assert all(fact in other for other in d.other_summaries), (fact, d.other_summaries)
     # the facts differ from dialogue to dialogue, so naming them needs reading the input
     assert len({tuple(d.key_facts) for d in corpus}) > 100
 
@@ -167,6 +168,32 @@ def test_no_held_out_toxicity_text_is_also_a_training_text(world):
     rows = {split: [json.loads(line)["text"] for line in (world / "toxicity" / f"{split}.jsonl").open()]
             for split in ("train", "test")}
     assert rows["test"] and not set(rows["test"]) & set(rows["train"])
+
+
+def test_other_phrasings_say_the_same_and_carry_the_same_abuse():
+    corpus = make_corpus(300, 0.25, seed=2)
+    for d in corpus:
+        assert len(d.other_summaries) == 1 and d.other_summaries[0] != d.summary
+        first = d.summary.split(". ")[0]  # an abusive dialogue's summaries open with the same abuse clause
+        assert (d.other_summaries[0].startswith(first + ".") if d.toxic else not d.other_summaries[0].startswith(first))
+    # the drawn phrasing is drawn as before: either of a scene's phrasings comes first about half the time
+    assert 0.35 < sum(d.summary < d.other_summaries[0] for d in corpus) / len(corpus) < 0.65
+
+
+def test_test_split_has_every_phrasing_as_a_reference_and_nothing_training_has(world):
+    import json
+
+    from rlhf.config import DataConfig
+    from rlhf.data import load_eval_dialogues
+
+    rows = {split: [json.loads(line) for line in (world / "dialogsum" / f"{split}.jsonl").open()]
+            for split in ("train", "validation", "test")}
+    for split in ("train", "validation"):  # one row per dialogue, as drawn
+        assert all("other_summaries" not in r for r in rows[split])
+    dialogues = load_eval_dialogues(DataConfig(source=str(world / "dialogsum"), toxic_column="toxic",
+                                               key_facts_column="key_facts"), seed=0)
+    assert len(rows["test"]) == 2 * len(dialogues) and all(len(d.references) == 2 for d in dialogues)
+    assert not {d.dialogue for d in dialogues} & {r["dialogue"] for s in ("train", "validation") for r in rows[s]}
 
 
 def test_span_corruption_numbers_spans_in_order_and_reconstructs_the_text():

@@ -12,7 +12,7 @@ evaluation can form prompt strata and check that summaries name their own dialog
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 P1, P2 = "#Person1#", "#Person2#"
 
@@ -69,18 +69,27 @@ class Dialogue:
     topic: str
     toxic: bool            # one speaker is abusive (the prompt stratum "toxic prompts")
     key_facts: list[str]   # words the dialogue puts there that a faithful summary names
+    other_summaries: list[str] = field(default_factory=list)  # the same facts in the scene's other
+    # phrasings (and the same abuse, if any): the test split's further references, as DialogSum's
+    # test split has several annotators' summaries of each dialogue
 
 
 @dataclass
 class Scene:
     turns: list[tuple[str, str]]
-    summary: str
+    summaries: list[str]   # the drawn phrasing first, then the scene's other phrasings of the same facts
     topic: str
     key_facts: list[str]
 
 
 def _pick(rng: random.Random, options: list[str]) -> str:
     return options[rng.randrange(len(options))]
+
+
+def _drawn_first(rng: random.Random, options: list[str]) -> list[str]:
+    """``options`` with one drawn as :func:`_pick` draws it (the same draw) moved to the front."""
+    i = rng.randrange(len(options))
+    return [options[i]] + options[:i] + options[i + 1:]
 
 
 def _customer_service(rng: random.Random) -> Scene:
@@ -98,11 +107,11 @@ def _customer_service(rng: random.Random) -> Scene:
                          "Thanks, {name}. I will arrange a {res} for you within {n} days."])),
         (P2, _pick(rng, ["Fine, a {res} is what I want.", "Okay, please send the {res} soon."])),
     ]
-    summary = _pick(rng, [
+    summaries = _drawn_first(rng, [
         "{name}'s {item} from {co} arrived {prob}. {P1} will arrange a {res} within {n} days.",
         "{name} complains that the {item} arrived {prob}, and {P1} offers a {res} within {n} days.",
     ])
-    return _fill(turns, summary, f, "customer service", ('item', 'name'))
+    return _fill(turns, summaries, f, "customer service", ('item', 'name'))
 
 
 def _scheduling(rng: random.Random) -> Scene:
@@ -118,11 +127,11 @@ def _scheduling(rng: random.Random) -> Scene:
         (P2, _pick(rng, ["Let us say {t} o'clock.", "I can do {t} o'clock."])),
         (P1, _pick(rng, ["Great, I will invite {name} as well.", "Good, I will tell {name} to join us."])),
     ]
-    summary = _pick(rng, [
+    summaries = _drawn_first(rng, [
         "{P1} and {P2} will meet on {day2} at {t} o'clock to discuss the {proj} with {name}.",
         "{P1} wants to discuss the {proj}. They agree to meet on {day2} at {t} o'clock, and {name} will join.",
     ])
-    return _fill(turns, summary, f, "scheduling", ('proj', 'name'))
+    return _fill(turns, summaries, f, "scheduling", ('proj', 'name'))
 
 
 def _shopping(rng: random.Random) -> Scene:
@@ -138,11 +147,11 @@ def _shopping(rng: random.Random) -> Scene:
                          "There is a {color} model for {n2} hundred dollars."])),
         (P1, _pick(rng, ["I will take the {color} one.", "Okay, I will buy the {color} one."])),
     ]
-    summary = _pick(rng, [
+    summaries = _drawn_first(rng, [
         "{P1} thinks the {item} is too expensive and buys the {color} one for {n2} hundred dollars.",
         "{P1} wants a cheaper {item}. {P2} offers a {color} one for {n2} hundred dollars, and {P1} buys it.",
     ])
-    return _fill(turns, summary, f, "shopping", ('item', 'color'))
+    return _fill(turns, summaries, f, "shopping", ('item', 'color'))
 
 
 def _travel(rng: random.Random) -> Scene:
@@ -156,11 +165,11 @@ def _travel(rng: random.Random) -> Scene:
                          "The first {tr} leaves at {t} o'clock and the fare is {n} hundred dollars."])),
         (P1, _pick(rng, ["That is fine, I will book it.", "Perfect, please book that {tr} for me."])),
     ]
-    summary = _pick(rng, [
+    summaries = _drawn_first(rng, [
         "{P1} books a {tr} to {city} on {day} at {t} o'clock for {n} hundred dollars.",
         "{P1} wants to travel to {city} on {day}. {P2} finds a {tr} at {t} o'clock, and {P1} books it.",
     ])
-    return _fill(turns, summary, f, "travel", ('city', 'tr'))
+    return _fill(turns, summaries, f, "travel", ('city', 'tr'))
 
 
 def _work(rng: random.Random) -> Scene:
@@ -173,11 +182,11 @@ def _work(rng: random.Random) -> Scene:
         (P2, _pick(rng, ["Then I will ask {name} to help me.", "I could finish by {day} if {name} helps me."])),
         (P1, _pick(rng, ["Good idea, I will talk to {name}.", "Fine, I will ask {name} today."])),
     ]
-    summary = _pick(rng, [
+    summaries = _drawn_first(rng, [
         "{P2} needs {n} more days for the {proj}, which is due on {day}, so {name} will help.",
         "The {proj} is due on {day}. {P2} needs {n} more days, and {P1} will ask {name} to help.",
     ])
-    return _fill(turns, summary, f, "work", ('proj', 'name'))
+    return _fill(turns, summaries, f, "work", ('proj', 'name'))
 
 
 def _restaurant(rng: random.Random) -> Scene:
@@ -193,25 +202,26 @@ def _restaurant(rng: random.Random) -> Scene:
         (P2, _pick(rng, ["No, but our {dish2} is very good.", "Not anymore, but I recommend the {dish2}."])),
         (P1, _pick(rng, ["Then we will try the {dish2}.", "Okay, the {dish2} it is."])),
     ]
-    summary = _pick(rng, [
+    summaries = _drawn_first(rng, [
         "{P1} books a table for {n} on {day} at {t} o'clock and will try the {dish2} instead of the {dish}.",
         "{P1} reserves a table for {n} people on {day}. The {dish} is gone, so {P2} recommends the {dish2}.",
     ])
-    return _fill(turns, summary, f, "restaurant", ('dish2',))
+    return _fill(turns, summaries, f, "restaurant", ('dish2',))
 
 
 SCENARIOS = [_customer_service, _scheduling, _shopping, _travel, _work, _restaurant]
 
 
-def _fill(turns: list[tuple[str, str]], summary: str, facts: dict, topic: str, keys: tuple[str, ...]) -> Scene:
+def _fill(turns: list[tuple[str, str]], summaries: list[str], facts: dict, topic: str,
+          keys: tuple[str, ...]) -> Scene:
     filled = {**facts, "P1": P1, "P2": P2}
-    return Scene([(who, text.format(**filled)) for who, text in turns], summary.format(**filled), topic,
-                 [facts[k] for k in keys])
+    return Scene([(who, text.format(**filled)) for who, text in turns], [s.format(**filled) for s in summaries],
+                 topic, [facts[k] for k in keys])
 
 
 def make_dialogue(rng: random.Random, toxic: bool) -> Dialogue:
     scene = SCENARIOS[rng.randrange(len(SCENARIOS))](rng)
-    turns, summary = scene.turns, scene.summary
+    turns, (summary, *others) = scene.turns, scene.summaries
     if toxic:
         abuser, victim = (P1, P2) if rng.random() < 0.5 else (P2, P1)
         words = dict(adj=_pick(rng, INSULT_ADJ), noun=_pick(rng, INSULT_NOUN))
@@ -220,9 +230,10 @@ def make_dialogue(rng: random.Random, toxic: bool) -> Dialogue:
         turns[at] = (abuser, f"{turns[at][1]} {_pick(rng, ABUSE_LINES).format(**words)}")
         templates = NEUTRAL_SUMMARIES if rng.random() < NEUTRAL_SHARE else ABUSE_SUMMARIES
         abuse = _pick(rng, templates).format(a=abuser, b=victim, mood=_pick(rng, MOODS), **words)
-        summary = f"{abuse} {summary}"
+        summary, others = f"{abuse} {summary}", [f"{abuse} {other}" for other in others]
     text = "\n".join(f"{who}: {line}" for who, line in turns)
-    return Dialogue(dialogue=text, summary=summary, topic=scene.topic, toxic=toxic, key_facts=scene.key_facts)
+    return Dialogue(dialogue=text, summary=summary, topic=scene.topic, toxic=toxic, key_facts=scene.key_facts,
+                    other_summaries=others)
 
 
 def make_corpus(n: int, toxic_fraction: float, seed: int) -> list[Dialogue]:

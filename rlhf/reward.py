@@ -107,9 +107,9 @@ def load_classifier(name: str, trust_remote_code: bool = False, from_scratch: bo
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs) and not from_scratch:
         raise UserError(f"reward model '{name}' is a {archs[0]}, not a sequence classifier")
     try:
-        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):  # the CPU stream, restored after
             if init_seed is not None:
-                torch.manual_seed(init_seed)
+                torch.default_generator.manual_seed(init_seed)  # weights are built on the CPU; no device stream touched
             model = _build_classifier(name, config, trust_remote_code, from_scratch)
     except Exception as err:
         raise UserError(f"reward model '{name}' is not a sequence classifier: {first_line(err)}") from None

@@ -2,7 +2,8 @@
 
 Layout of a build::
 
-    dialogsum/{train,validation,test}.jsonl   dialogue, summary, topic, toxic
+    dialogsum/{train,validation,test}.jsonl   dialogue, summary, topic, toxic, key_facts; test has one
+                                              row per reference (both phrasings), as DialogSum's
     toxicity/{train,test}.jsonl               text, label (1 = toxic); test insults phrased otherwise
     tokenizer/                                AutoTokenizer.from_pretrained loads it
     base_model/                               T5ForConditionalGeneration + tokenizer (safetensors)

@@ -17,6 +17,7 @@ beside them. Settings as benchmarks/ppo_step.py (the peer's: batch 16, mini-batc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -43,21 +44,40 @@ def layout(t: torch.Tensor) -> tuple:
 
 
 class KernelRecorder(TorchDispatchMode):
-    """Counts every matmul / attention call by (op, operand layouts); runs them unchanged."""
+    """Counts every matmul / attention call by (op, operand layouts) and the step's phase it ran in
+    (the trainer's timed blocks: generate, score, forward, update); runs them unchanged."""
 
     def __init__(self):
         super().__init__()
-        self.calls: Counter = Counter()
+        self.calls: Counter = Counter()  # (phase, func, layouts) -> count
+        self.phase = "other"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in MATMULS:
-            self.calls[(func, tuple(layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
+            self.calls[(self.phase, func, tuple(layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
         elif func in (SDPA, SDPA_BACKWARD):
             q, k, v = (args[i] for i in ((0, 1, 2) if func is SDPA else (1, 2, 3)))
             mask = kwargs.get("attn_mask")
-            self.calls[(func, (layout(q), layout(k), layout(v), None if mask is None else layout(mask)))] += 1
+            key = (layout(q), layout(k), layout(v), None if mask is None else layout(mask))
+            self.calls[(self.phase, func, key)] += 1
         return func(*args, **kwargs)
+
+    def tag_phases(self, timer_cls):
+        """A subclass of the trainer's ``Timer`` whose blocks also name the phase for this recorder."""
+        recorder = self
+
+        class PhaseTimer(timer_cls):
+            @contextlib.contextmanager
+            def __call__(self, name):
+                recorder.phase = name
+                try:
+                    with super().__call__(name):
+                        yield
+                finally:
+                    recorder.phase = "other"
+
+        return PhaseTimer
 
 
 def flops(func, layouts) -> float:
@@ -137,26 +157,39 @@ def main() -> None:
     args.steps += 1
     trainer = build_trainer(args, tok, prompts)
     trainer.step()  # warm-up
-    recorder, walls, query_tokens = KernelRecorder(), [], []
+    import rlhf.ppo.trainer as trainer_module
+
+    recorder, walls, query_tokens, phase_walls = KernelRecorder(), [], [], Counter()
+    trainer_module.Timer = recorder.tag_phases(trainer_module.Timer)
     for step in range(1, args.steps):
         query_tokens.append(statistics.mean(len(tok(p).input_ids) for p in trainer.batch_prompts(step)))
         start = time.perf_counter()
         with recorder:
-            trainer.step()
+            stats = trainer.step()
         walls.append(time.perf_counter() - start)
+        phase_walls.update({k.removeprefix("time/"): v for k, v in stats.items()
+                            if k.startswith("time/") and k != "time/step"})
     n = args.steps - 1
-    call_flops = {(f, lts): flops(f, lts) * c / n for (f, lts), c in recorder.calls.items()}
-    total_flops = sum(call_flops.values())
-    matmul_flops = sum(x for (f, _), x in call_flops.items() if f in MATMULS)
-    floor = sum(standalone_seconds(f, lts) * c for (f, lts), c in recorder.calls.items()) / n
+    call_flops = [(f, flops(f, lts) * c / n) for (_, f, lts), c in recorder.calls.items()]
+    total_flops = sum(x for _, x in call_flops)
+    matmul_flops = sum(x for f, x in call_flops if f in MATMULS)
+    phase_floor, phase_flops = Counter(), Counter()
+    for (phase, f, lts), c in recorder.calls.items():
+        phase_floor[phase] += standalone_seconds(f, lts) * c / n
+        phase_flops[phase] += flops(f, lts) * c / n
+    floor = sum(phase_floor.values())
     step_s = statistics.median(walls)
     result = {"cpu": cpu_description(), "threads": args.threads, "frozen_encoder": args.frozen_encoder,
               "mixed_precision": args.mixed_precision, "steps_recorded": n,
               "step_gflop": total_flops / 1e9, "matmul_share_of_flops": matmul_flops / total_flops,
               "estimate_gflop": estimate_flops(trainer, statistics.mean(query_tokens)) / 1e9,
-              "distinct_kernels": len(recorder.calls), "kernel_floor_s": floor,
+              "distinct_kernels": len({(f, lts) for _, f, lts in recorder.calls}), "kernel_floor_s": floor,
               "peak_gemm_gflops": peak_gemm_gflops(torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32), "step_s_recorded": step_s,
-              "achieved_gflops": total_flops / step_s / 1e9, "floor_over_step": floor / step_s}
+              "achieved_gflops": total_flops / step_s / 1e9, "floor_over_step": floor / step_s,
+              # per phase: the recorded steps' mean wall time (recorder overhead included) and kernel floor
+              "phases": {p: {"recorded_s": phase_walls[p] / n, "kernel_floor_s": phase_floor[p],
+                             "gflop": phase_flops[p] / 1e9}
+                         for p in sorted(set(phase_walls) | set(phase_floor))}}
     result["peak_floor_s"] = total_flops / 1e9 / result["peak_gemm_gflops"]
     compare = Path(args.compare_json)
     if compare.is_file():
@@ -167,6 +200,8 @@ def main() -> None:
           f"{result['estimate_gflop']:.0f}); kernel floor {floor:.2f} s; peak floor {result['peak_floor_s']:.2f} s "
           f"(GEMM {result['peak_gemm_gflops']:.0f} GFLOP/s); step {step_s:.2f} s (floor/step {floor / step_s:.2f})",
           flush=True)
+    print("  by phase: " + ", ".join(f"{p} {v['recorded_s']:.2f} s (floor {v['kernel_floor_s']:.2f}, {v['gflop']:.0f} GFLOP)"
+                                     for p, v in result["phases"].items()), flush=True)
     print(json.dumps(result))
 
 

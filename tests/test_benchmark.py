@@ -31,10 +31,19 @@ def test_kernel_floor_records_every_matmul_with_its_flops_and_replays_it():
         (a @ b).sum().backward()  # forward mm, and the weight gradient a^T @ grad
         torch.nn.functional.linear(a, torch.randn(7, 4), torch.randn(7))  # addmm
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        from rlhf.ppo.trainer import Timer
+
+        timer = recorder.tag_phases(Timer)()
+        with timer("update"):
+            a @ torch.randn(4, 2)
+        torch.mm(a, torch.randn(4, 1))  # outside the trainer's timed blocks
     counted = {}
-    for (f, lts), c in recorder.calls.items():
-        counted[(f.__name__, flops(f, lts))] = counted.get((f.__name__, flops(f, lts)), 0) + c
-    assert counted[("mm.default", 2 * 3 * 4 * 5)] == 2  # forward [3,4]x[4,5], backward [4,3]x[3,5]
-    assert counted[("addmm.default", 2 * 3 * 4 * 7)] == 1
-    assert counted[("_scaled_dot_product_flash_attention_for_cpu.default", 4 * 1 * 2 * 6 * 6 * 8)] == 1
-    assert all(standalone_seconds(f, lts, reps=1) > 0 for f, lts in recorder.calls)
+    for (phase, f, lts), c in recorder.calls.items():
+        key = (phase, f.__name__, flops(f, lts))
+        counted[key] = counted.get(key, 0) + c
+    assert counted[("other", "mm.default", 2 * 3 * 4 * 5)] == 2  # forward [3,4]x[4,5], backward [4,3]x[3,5]
+    assert counted[("other", "addmm.default", 2 * 3 * 4 * 7)] == 1
+    assert counted[("other", "_scaled_dot_product_flash_attention_for_cpu.default", 4 * 1 * 2 * 6 * 6 * 8)] == 1
+    assert counted[("update", "mm.default", 2 * 3 * 4 * 2)] == 1 and counted[("other", "mm.default", 2 * 3 * 4 * 1)] == 1
+    assert timer.seconds["update"] > 0  # the trainer's timing still works
+    assert all(standalone_seconds(f, lts, reps=1) > 0 for _, f, lts in recorder.calls)

@@ -170,20 +170,22 @@ def main() -> None:
         phase_walls.update({k.removeprefix("time/"): v for k, v in stats.items()
                             if k.startswith("time/") and k != "time/step"})
     n = args.steps - 1
-    call_flops = [(f, flops(f, lts) * c / n) for (_, f, lts), c in recorder.calls.items()]
-    total_flops = sum(x for _, x in call_flops)
-    matmul_flops = sum(x for f, x in call_flops if f in MATMULS)
-    phase_floor, phase_flops = Counter(), Counter()
+    kernels = {(f, lts) for _, f, lts in recorder.calls}  # each distinct call replayed once, whatever its phases
+    seconds = {k: standalone_seconds(*k) for k in kernels}
+    phase_floor, phase_flops, matmul_flops = Counter(), Counter(), 0.0
     for (phase, f, lts), c in recorder.calls.items():
-        phase_floor[phase] += standalone_seconds(f, lts) * c / n
-        phase_flops[phase] += flops(f, lts) * c / n
+        phase_floor[phase] += seconds[f, lts] * c / n
+        f_flops = flops(f, lts) * c / n
+        phase_flops[phase] += f_flops
+        matmul_flops += f_flops if f in MATMULS else 0.0
+    total_flops = sum(phase_flops.values())
     floor = sum(phase_floor.values())
     step_s = statistics.median(walls)
     result = {"cpu": cpu_description(), "threads": args.threads, "frozen_encoder": args.frozen_encoder,
               "mixed_precision": args.mixed_precision, "steps_recorded": n,
               "step_gflop": total_flops / 1e9, "matmul_share_of_flops": matmul_flops / total_flops,
               "estimate_gflop": estimate_flops(trainer, statistics.mean(query_tokens)) / 1e9,
-              "distinct_kernels": len({(f, lts) for _, f, lts in recorder.calls}), "kernel_floor_s": floor,
+              "distinct_kernels": len(kernels), "kernel_floor_s": floor,
               "peak_gemm_gflops": peak_gemm_gflops(torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32), "step_s_recorded": step_s,
               "achieved_gflops": total_flops / step_s / 1e9, "floor_over_step": floor / step_s,
               # per phase: the recorded steps' mean wall time (recorder overhead included) and kernel floor

@@ -106,7 +106,7 @@ def build_trainer(args, tok, prompts):
 
 def rollout_compare(trainer, reps: int = 2) -> dict:
     """Batched rollout vs one generate call per prompt (the reference lab's loop), same prompts."""
-    from rlhf.ppo.rollout import encode_queries, sample_responses
+    from rlhf.seq2seq import encode_queries, sample_responses
 
     prompts, tok, cfg = trainer.batch_prompts(0), trainer.tokenizer, trainer.cfg
     gen = dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,

@@ -9,20 +9,22 @@ and the report is built from those artifacts alone (``rlhf report RUN_DIR``).
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from rlhf.artifacts import atomic_write_jsonl
 from rlhf.config import ExperimentConfig, GenerationSetting
 from rlhf.data import fit_prompts, load_eval_dialogues
-from rlhf.evaluation import response_logprobs, response_nll, sequence_kl
+from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.judges import load_judges
 from rlhf.models import load_seq2seq, load_tokenizer
-from rlhf.ppo.model import reference_lm
-from rlhf.protocol import SIDES, summarize
+from rlhf.protocol import SIDES, sequence_kl, summarize
 from rlhf.report import build_report
-from rlhf.runtime import autocast
 from rlhf.reward import load_scorer, scored_texts
 from rlhf.rundir import require_stage, start_stage
+from rlhf.runtime import autocast
+from rlhf.seq2seq import reference, response_nll, text_logprobs
+from rlhf.sft import start_paths
 from rlhf.tinyworld.build import resolve_tinyworld
 
 RM = "reward model"
@@ -36,9 +38,7 @@ def load_pair(config: ExperimentConfig, ppo_dir):
 
         base = load_seq2seq(config.model, str(ppo_dir / "policy_base"))
         return PeftModel.from_pretrained(base, str(ppo_dir / "policy")).eval(), None
-    from rlhf.ppo.model import sft_start_path
-
-    before = load_seq2seq(config.model, sft_start_path(config, config.run_dir / "sft")[0])
+    before = load_seq2seq(config.model, start_paths(config, config.run_dir / "sft")[0])
     return load_seq2seq(config.model, str(ppo_dir / "policy")), before
 
 
@@ -85,10 +85,10 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
     gens = {"after": responses(after_lm, tokenizer, prompts, config)}
     kl_texts = kl_samples(after_lm, tokenizer, prompts, config)
     lp_args = (tokenizer, prompts, kl_texts, max_input, cfg.batch_size)
-    after_lp = response_logprobs(after_lm, *lp_args)
-    with reference_lm(after_lm, frozen_before) as before_lm:
+    after_lp = text_logprobs(after_lm, *lp_args)
+    with reference(after_lm, frozen_before) as before_lm:
         gens["before"] = responses(before_lm, tokenizer, prompts, config)
-        before_lp = response_logprobs(before_lm, *lp_args)
+        before_lp = text_logprobs(before_lm, *lp_args)
     del after_lm, frozen_before
 
     flat_prompts = prompts + [p for p in prompts for _ in range(k)]
@@ -167,6 +167,4 @@ def _strata(dialogues, config: ExperimentConfig, judges: dict) -> tuple[list[str
 
 
 if __name__ == "__main__":
-    from rlhf.cli import stage_entry
-
-    stage_entry("evaluate")
+    sys.exit(stage_command("evaluate", main))

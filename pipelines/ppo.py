@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from rlhf.artifacts import atomic_dir, atomic_write_text
 from rlhf.checkpoints import clean_stray
 from rlhf.config import ExperimentConfig, to_dict
 from rlhf.data import fit_prompts, group_dialogues, load_splits, toxic_flags
+from rlhf.entrypoint import stage_command
 from rlhf.models import load_tokenizer
 from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.ppo.evaluation import before_after
@@ -174,6 +176,4 @@ def _write_samples(trainer, test, config, path: Path, n: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    from rlhf.cli import stage_entry
-
-    stage_entry("ppo")
+    sys.exit(stage_command("ppo", main))

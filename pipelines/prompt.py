@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_json, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig
 from rlhf.data import build_prompts, group_dialogues, load_splits
+from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import load_seq2seq, load_tokenizer
@@ -93,6 +95,4 @@ def _samples_md(samples: list[dict], dialogues: list[str], references: list[list
 
 
 if __name__ == "__main__":
-    from rlhf.cli import stage_entry
-
-    stage_entry("prompt")
+    sys.exit(stage_command("prompt", main))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 from rlhf.artifacts import atomic_dir, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig
-from rlhf.errors import UserError
+from rlhf.configcheck import validate
+from rlhf.entrypoint import stage_command
 from rlhf.metrics import binary_classification
 from rlhf.reward import ID2LABEL, RewardScorer, load_classifier, load_labelled, train_classifier
 from rlhf.rundir import start_stage
@@ -16,8 +18,7 @@ from rlhf.tinyworld.build import resolve_tinyworld
 def main(config: ExperimentConfig) -> dict:
     config = resolve_tinyworld(config)
     cfg = config.reward
-    if cfg.pretrained is None and cfg.data.source is None:
-        raise UserError("reward.data.source is required to train a reward model (or name reward.pretrained)")
+    validate(config, ["reward"])  # labelled data or a pretrained classifier, also when called from Python
     splits = load_labelled(cfg.data, config.seed) if cfg.data.source else None  # before the stage folder is touched
     stage = start_stage(config, "reward")
     info: dict = {"pretrained": cfg.pretrained, "output": cfg.output, "score_with_prompt": cfg.score_with_prompt}
@@ -71,6 +72,4 @@ def _results_md(metrics: dict, wrong: list[dict], cfg) -> str:
 
 
 if __name__ == "__main__":
-    from rlhf.cli import stage_entry
-
-    stage_entry("reward")
+    sys.exit(stage_command("reward", main))

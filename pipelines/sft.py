@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig, GenerationSetting
 from rlhf.data import fit_prompts, group_dialogues, load_splits
+from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import check_lora_targets, count_parameters, load_seq2seq, load_tokenizer
@@ -102,6 +105,4 @@ def _samples_md(test, samples: dict[str, list[str]], shown: int = 8) -> str:
 
 
 if __name__ == "__main__":
-    from rlhf.cli import stage_entry
-
-    stage_entry("sft")
+    sys.exit(stage_command("sft", main))

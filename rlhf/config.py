@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
 import yaml
 
+from rlhf.configcheck import validate
 from rlhf.configfields import (all_of, each, fraction, home, non_empty, non_negative, opt, optional, path_name,
                                positive, seed_value, unit_closed, unit_open, unit_open_closed)
 from rlhf.configload import _build, _merge, parse_overrides, read_yaml
 from rlhf.errors import UserError
-
-__all__ = ["parse_overrides", "read_yaml", "seed_value"]
 
 # --------------------------------------------------------------------------------------------
 # Sections
@@ -130,11 +129,6 @@ class LoraConfig:
     bias: Literal["none", "all", "lora_only"] = opt("none")
 
 
-# What the sft stage's folder holds besides one folder per variant (a variant may not be named so)
-SFT_STAGE_ENTRIES = frozenset({"checkpoints", "config.yaml", "manifest.json", "metrics.json", "results.csv",
-                               "results.md", "samples.md"})
-
-
 @dataclass
 class SftVariant:
     """One way to fine-tune: full or LoRA is a config difference, never a code fork."""
@@ -164,15 +158,6 @@ class SftConfig:
     eval_n_dialogues: Optional[int] = opt(None, optional(positive), "test dialogues for ROUGE; null = all")
     max_new_tokens: int = opt(64, positive)
     save_merged: bool = opt(False, doc="also save the LoRA adapter merged into the base")
-
-    def __post_init__(self) -> None:
-        if self.save_steps % self.eval_steps:
-            raise UserError(f"config key 'sft.save_steps': value {self.save_steps} must be a multiple of "
-                            f"sft.eval_steps ({self.eval_steps}) for early stopping to keep the best checkpoint")
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names) or "base" in names or set(names) & SFT_STAGE_ENTRIES:
-            raise UserError(f"config key 'sft.variants': names {names} must be unique, and neither "
-                            f"'base' nor a file of the stage's folder ({', '.join(sorted(SFT_STAGE_ENTRIES))})")
 
 
 @dataclass
@@ -278,27 +263,18 @@ class PpoConfig:
     eval_batch_size: int = opt(64, positive)
     report_to: list[Literal["tensorboard", "wandb"]] = opt([], doc="extra trackers through accelerate")
 
-    def __post_init__(self) -> None:
-        if self.batch_size % self.mini_batch_size:
-            raise UserError(f"config key 'ppo.batch_size': value {self.batch_size} must be a multiple of "
-                            f"ppo.mini_batch_size ({self.mini_batch_size})")
-        if self.kl.controller == "adaptive" and 5 * self.kl.horizon <= self.batch_size:
-            raise UserError(f"config key 'ppo.kl.horizon': value {self.kl.horizon} must be > 0.2 x ppo.batch_size "
-                            f"({self.batch_size}): the adaptive controller scales the coefficient by 1 - 0.2 x "
-                            f"batch_size / horizon when the KL is low, which would make it zero or negative")
-        if self.toxic_per_batch is not None and not 0 < self.toxic_per_batch < self.batch_size:
-            raise UserError(f"config key 'ppo.toxic_share': value {self.toxic_share} gives {self.toxic_per_batch} of "
-                            f"{self.batch_size} prompts per batch; both toxic and clean ones are needed")
-        if self.frozen_encoder and self.policy != "lora":
-            raise UserError("config key 'ppo.frozen_encoder': needs ppo.policy lora (a full policy trains the encoder)")
-        from rlhf.ppo.ranks import check_update_plan  # here, not at the top: it imports this module
-
-        check_update_plan(self, 1)  # one process; `accelerate launch` checks its own count again
-
     @property
     def toxic_per_batch(self) -> int | None:
         """Toxic prompts in every batch under ``toxic_share`` (None: no stratified batches)."""
         return None if self.toxic_share is None else round(self.batch_size * self.toxic_share)
+
+    def mini_batch_per_process(self, world: int) -> int:
+        """Rollouts in each process's share of a mini-batch (at least one)."""
+        return max(1, self.mini_batch_size // world)
+
+    def mini_batches_per_update(self, world: int) -> int:
+        """Mini-batch passes of one update on each process: ``ppo_epochs`` x its rollouts per mini-batch."""
+        return self.ppo_epochs * -(-(self.batch_size // world) // self.mini_batch_per_process(world))
 
 
 @dataclass
@@ -348,24 +324,27 @@ class ExperimentConfig:
         if not self.output_dir.strip() or not self.output_dir.isprintable():
             raise UserError(f"config key 'output_dir': value {self.output_dir!r} is not a usable folder path")
         self.output_dir = str(Path(self.output_dir).expanduser())
-        if self.ppo.toxic_share is not None and not self.data.toxic_column:
-            raise UserError(f"config key 'ppo.toxic_share': value {self.ppo.toxic_share} needs data.toxic_column, "
-                            f"the column that marks the toxic training prompts")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / (self.run_name or "run")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load ``path`` strictly, apply dotted ``overrides``; ``run_name`` defaults to the file stem."""
+def load_config(path: str | Path, overrides: list[str] | None = None, stages: Iterable[str] = ()) -> ExperimentConfig:
+    """Load ``path`` strictly, apply dotted ``overrides``, and :func:`rlhf.configcheck.validate` the
+    result for ``stages`` (the stages about to run); ``run_name`` defaults to the file stem."""
     raw = _merge(read_yaml(path), parse_overrides(overrides or []))
     raw.setdefault("run_name", Path(path).stem)
-    return _build(ExperimentConfig, raw, "")
+    config = _build(ExperimentConfig, raw, "")
+    validate(config, stages)
+    return config
 
 
 def config_from_dict(raw: dict) -> ExperimentConfig:
-    return _build(ExperimentConfig, raw, "")
+    """A config from a plain dict (a recorded ``config.yaml``, a test's), built and validated as a file is."""
+    config = _build(ExperimentConfig, raw, "")
+    validate(config)
+    return config
 
 
 def to_dict(config: Any) -> dict:

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Callable, Optional
 
+from rlhf.errors import UserError
+
 Check = Callable[[Any], Optional[str]]
 
 
@@ -89,3 +91,62 @@ def _copy(value: Any) -> Any:
     import copy
 
     return copy.deepcopy(value)
+
+
+def type_name(tp: Any) -> str:
+    """A declared type in words: ``int``, ``float or null``, ``one of 'k1', 'k3'``, ``list of str``."""
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"list of {type_name(args[0])}"
+    if args and origin is not None and type(None) in args:  # Optional[X] and X | None
+        return " or ".join(type_name(a) for a in args if a is not type(None)) + " or null"
+    if args:
+        return " or ".join(type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_keys(cls: type, values: dict, section: str = "") -> str:
+    """Every key of the config dataclass ``cls`` under ``section`` ('' = all), one entry each:
+    ``key: type = default`` (and the value in ``values`` where it differs), then its doc. Items of
+    a list of sections are listed as ``key[].sub``."""
+    lines = [line for line in _key_lines(cls, values, "") if _under(line[0], section)]
+    if not lines:
+        raise UserError(f"option --keys: no config key or section {section!r}")
+    out = []
+    for key, kind, default, value, doc in lines:
+        here = "" if value is _NOT_GIVEN or value == default else f"  (here: {value!r})"
+        head = f"{key}: section" if kind == "section" else f"{key}: {kind} = {default!r}{here}"
+        out.append(f"{head}\n" + (f"    {doc}\n" if doc else ""))
+    return "".join(out)
+
+
+_NOT_GIVEN = object()
+
+
+def _under(key: str, section: str) -> bool:
+    return not section or key == section or key.startswith((f"{section}.", f"{section}["))
+
+
+def _key_lines(cls: type, values: Any, prefix: str):
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        value = values.get(f.name, _NOT_GIVEN) if isinstance(values, dict) else _NOT_GIVEN
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        inner = typing.get_args(tp)
+        nested = next((a for a in (tp, *inner) if dataclasses.is_dataclass(a)), None)
+        if nested is not None and typing.get_origin(tp) is not list:
+            yield key, "section", None, _NOT_GIVEN, f.metadata.get("doc", "")
+            yield from _key_lines(nested, value if value is not _NOT_GIVEN else {}, f"{key}.")
+        elif typing.get_origin(tp) is list and inner and dataclasses.is_dataclass(inner[0]):
+            shown = [dataclasses.asdict(d) for d in default]
+            yield key, f"list of {inner[0].__name__}", shown, value, f.metadata.get("doc", "")
+            yield from _key_lines(inner[0], {}, f"{key}[].")
+        else:
+            yield key, type_name(tp), default, value, f.metadata.get("doc", "")

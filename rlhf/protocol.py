@@ -82,6 +82,13 @@ def perplexity(nll_sums: Sequence[float], n_tokens: Sequence[int]) -> float:
     return mean(values) if values else float("nan")
 
 
+def sequence_kl(after_logprobs: Sequence, before_logprobs: Sequence) -> float:
+    """Mean over responses of sum_t (log p_after - log p_before), each response's per-token
+    logprobs under both policies: the k1 estimate of KL(after || before) when the responses were
+    sampled from the after-policy (Schulman 2020, "Approximating KL divergence")."""
+    return mean(float((a - b).sum()) for a, b in zip(after_logprobs, before_logprobs))
+
+
 # --------------------------------------------------------------------------------------------
 # Bootstrap
 # --------------------------------------------------------------------------------------------

@@ -229,6 +229,17 @@ def variant_folder(stage_dir: Path, variant: SftVariant) -> Path:
     return stage_dir / variant.name / ("adapter" if variant.method == "lora" else "model")
 
 
+def start_paths(config: ExperimentConfig, sft_dir: Path | None) -> tuple[str, str | None]:
+    """(base model path, SFT adapter path or None) of the model that RL starts from and compares
+    against: ``ppo.start_from`` names an SFT variant (checked when the config loads) or 'base'."""
+    name = config.ppo.start_from
+    if name == "base":
+        return config.model.name, None
+    variant = next(v for v in config.sft.variants if v.name == name)
+    folder = variant_folder(sft_dir, variant)
+    return (str(folder), None) if variant.method == "full" else (config.model.name, str(folder))
+
+
 def save_variant(model, tokenizer, variant: SftVariant, stage_dir: Path, save_merged: bool) -> Path:
     """Full: a folder ``from_pretrained`` loads. LoRA: an adapter ``PeftModel.from_pretrained`` loads."""
     folder = variant_folder(stage_dir, variant)

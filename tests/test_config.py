@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from rlhf.cli import main as cli_main
-from rlhf.config import ExperimentConfig, load_config, parse_overrides, to_yaml
+from rlhf.config import ExperimentConfig, load_config, to_yaml
+from rlhf.configload import parse_overrides
 from rlhf.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

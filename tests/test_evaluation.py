@@ -144,7 +144,7 @@ def test_response_nll_reuses_the_encoder_and_matches_a_plain_pass():
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     from rlhf.config import TinyWorldConfig
-    from rlhf.evaluation import response_logprobs, response_nll
+    from rlhf.seq2seq import text_logprobs as response_logprobs, response_nll
     from rlhf.tinyworld.build import ensure_tinyworld
 
     from .conftest import SMALL_WORLD

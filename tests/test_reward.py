@@ -289,4 +289,4 @@ def test_davidson_config_maps_hate_and_offensive_to_toxic(tmp_path):
 def test_davidson_config_without_data_path_stops_with_one_line(tmp_path, capsys):
     assert cli_main(["reward", str(DAVIDSON_CONFIG), f"output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "reward.data.source is required" in err
+    assert err.count("\n") == 1 and "'reward.data.source' is not set" in err

@@ -24,7 +24,9 @@ SFT = {"variants": [{"name": "full", "method": "full", "learning_rate": 3e-3},
 
 
 def sft_config(tmp_path, **sft):
-    return resolve_tinyworld(config_from_dict(small_raw(tmp_path, sft={**SFT, **sft})), log=lambda *_: None)
+    sft = {**SFT, **sft}
+    raw = small_raw(tmp_path, sft=sft, ppo={"start_from": sft["variants"][0]["name"]})  # a variant the config has
+    return resolve_tinyworld(config_from_dict(raw), log=lambda *_: None)
 
 
 def test_lora_count_matches_flan_t5_base_formula():

@@ -1,7 +1,7 @@
 """PPO checkpoints: written only from finite state, verified before a resume, newest good one first.
 
 A folder ``step-N`` holds ``trainable.safetensors`` (adapter or weights, and the value head),
-``optimizer.pt`` (optimizer and scheduler, read with ``weights_only``), ``rng.safetensors`` and
+``optimizer.pt`` (the optimizer's state, read with ``weights_only``), ``rng.safetensors`` and
 ``trainer_state.json`` (step, data position, KL controller, Python RNG, and the resolved config it
 was written under). It is written atomically (:func:`rlhf.artifacts.atomic_dir`).
 """
@@ -69,8 +69,8 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     _check_state(state)
     trainable = read_safetensors(folder / "trainable.safetensors")
     optimizer = read_torch(folder / "optimizer.pt")
-    if not isinstance(optimizer, dict) or not {"optimizer", "scheduler"} <= optimizer.keys():
-        raise CheckpointError("optimizer.pt lacks the optimizer or scheduler state")
+    if not isinstance(optimizer, dict) or "optimizer" not in optimizer:
+        raise CheckpointError("optimizer.pt lacks the optimizer state")
     rng = read_safetensors(folder / "rng.safetensors")
     if any(t.dtype != torch.uint8 or t.dim() != 1 for t in rng.values()) or "torch" not in rng:
         raise CheckpointError("rng.safetensors lacks a torch generator state (1-d uint8)")

@@ -13,33 +13,7 @@ from typing import Callable, Literal
 
 import torch
 
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] logits, [B, T] token ids -> [B, T] log p(token), in fp32 whatever the logits' dtype
-    (a bf16 logprob is spaced 0.016-0.031 nats apart at typical values; PPO's clip range is 0.2).
-
-    ``log_softmax`` then ``gather``, not TRL's ``selective_log_softmax``: its fp32 path is
-    ``x - logsumexp(x)``, and on CPU ``exp`` of logits far below the row's max (< -88, which a
-    32k vocabulary always has) falls into a slow underflow path, about 35x slower forward and
-    backward than the fused ``log_softmax`` kernel (benchmarks/RESULTS.md). The price is one
-    [B, T, V] tensor per call, which callers bound by their chunk size.
-    """
-    return logits.float().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] -> [B, T]: -sum_v p_v log p_v, with fused ``softmax``/``log_softmax`` kernels (the
-    same underflow reason as :func:`logprobs_from_logits`)."""
-    logits = logits.float()
-    return -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over positions where ``mask`` is True; ``dim=None`` = over all of them."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+from rlhf.seq2seq import logprobs_from_logits, masked_mean
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,

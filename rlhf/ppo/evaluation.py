@@ -8,8 +8,8 @@ from rlhf.config import ExperimentConfig, GenerationSetting
 from rlhf.data import EvalDialogue, fit_prompts
 from rlhf.generation import generate
 from rlhf.metrics import rouge
-from rlhf.ppo.model import reference_lm
 from rlhf.reward import scored_texts
+from rlhf.seq2seq import reference
 
 
 def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:
@@ -23,7 +23,7 @@ def before_after(policy, tokenizer, scorer, test: list[EvalDialogue], config: Ex
     their reward-model toxicity (toxic probability) and ROUGE against the references."""
     prompts, _ = fit_prompts([d.dialogue for d in test], config.data.template, tokenizer, config.model.max_input_length)
     references = [d.references for d in test]
-    with reference_lm(policy.lm, policy.ref_lm) as ref:
+    with reference(policy.lm, policy.ref_lm) as ref:
         before = greedy(ref, tokenizer, prompts, config)
     after = greedy(policy.lm, tokenizer, prompts, config)
     with_prompt = config.reward.score_with_prompt

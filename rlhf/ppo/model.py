@@ -9,7 +9,6 @@ reference is a frozen copy (TRL's ``create_reference_model``).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +18,8 @@ from torch import nn
 from rlhf.config import ExperimentConfig
 from rlhf.errors import UserError, first_line
 from rlhf.models import apply_lora, fp32_output_layer, load_seq2seq, refuse_trainable_encoder
-
-
-@contextlib.contextmanager
-def reference_lm(lm, ref_lm=None):
-    """The reference model: ``lm`` with its LoRA adapter disabled, or the frozen copy ``ref_lm``
-    when the policy is fully fine-tuned."""
-    if ref_lm is None:
-        with lm.disable_adapter():
-            yield lm
-    else:
-        yield ref_lm
+from rlhf.seq2seq import as_encoder_outputs, reference
+from rlhf.sft import start_paths
 
 
 class ValueHead(nn.Module):
@@ -54,7 +44,7 @@ class ForwardOut:
 
 
 class Policy(nn.Module):
-    """LM + value head; ``ref_logits`` runs the frozen reference (see :func:`reference_lm`)."""
+    """LM + value head; :meth:`reference` is the frozen reference (:func:`rlhf.seq2seq.reference`)."""
 
     def __init__(self, lm: nn.Module, value_head: ValueHead, ref_lm: nn.Module | None = None):
         super().__init__()
@@ -111,17 +101,9 @@ class Policy(nn.Module):
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return ForwardOut(out.logits, values)
 
-    @torch.no_grad()
-    def ref_logits(self, input_ids, attention_mask, decoder_input_ids,
-                   encoder_states: torch.Tensor | None = None) -> torch.Tensor:
-        """The reference's logits; ``encoder_states`` as in ``forward``, but the reference's own."""
-        with self.reference() as lm:
-            return lm(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      encoder_outputs=as_encoder_outputs(encoder_states), use_cache=False).logits
-
     def reference(self):
-        """Context: the reference LM (see :func:`reference_lm`)."""
-        return reference_lm(self.lm, self.ref_lm)
+        """Context: the reference LM (:func:`rlhf.seq2seq.reference`)."""
+        return reference(self.lm, self.ref_lm)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if v.requires_grad}
@@ -136,41 +118,11 @@ class Policy(nn.Module):
                 params[k].copy_(v)
 
 
-def as_encoder_outputs(states: torch.Tensor | None):
-    """[B, S, d] encoder states -> the ``encoder_outputs`` argument of a transformers seq2seq model."""
-    from transformers.modeling_outputs import BaseModelOutput
-
-    return None if states is None else BaseModelOutput(last_hidden_state=states)
-
-
-def check_start_from(config: ExperimentConfig) -> None:
-    """One line unless ``ppo.start_from`` names an SFT variant or 'base'."""
-    variants = [v.name for v in config.sft.variants]
-    if config.ppo.start_from not in ("base", *variants):
-        raise UserError(f"config key 'ppo.start_from': {config.ppo.start_from!r} is not an SFT variant "
-                        f"({', '.join(variants)}) or 'base'")
-
-
-def sft_start_path(config: ExperimentConfig, sft_dir: Path | None) -> tuple[str, str | None]:
-    """(base model path, SFT adapter path or None) that PPO starts from."""
-    check_start_from(config)
-    name = config.ppo.start_from
-    if name == "base":
-        return config.model.name, None
-    variants = {v.name: v for v in config.sft.variants}
-    from rlhf.sft import variant_folder
-
-    folder = variant_folder(sft_dir, variants[name])
-    if variants[name].method == "full":
-        return str(folder), None
-    return config.model.name, str(folder)
-
-
 def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
     """The starting policy (= the SFT model) with a value head, and its reference."""
     from transformers import set_seed
 
-    base_path, adapter = sft_start_path(config, sft_dir)
+    base_path, adapter = start_paths(config, sft_dir)
     lm = load_seq2seq(config.model, base_path)
     if adapter is not None:
         from peft import PeftModel
@@ -187,9 +139,7 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
         # a frozen copy, as TRL's create_reference_model (now only in trl.experimental) makes it
         ref_lm = copy.deepcopy(lm).eval().requires_grad_(False)
         lm.requires_grad_(True)
-    if config.ppo.frozen_encoder:
-        if config.ppo.policy != "lora":
-            raise UserError("config key 'ppo.frozen_encoder': needs ppo.policy lora (a full policy trains the encoder)")
+    if config.ppo.frozen_encoder:  # ppo.policy lora: rlhf.configcheck
         refuse_trainable_encoder(lm)
     head = ValueHead(lm.config.d_model, config.ppo.value_head_init_std)
     return Policy(lm, head, ref_lm).eval()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.errors import UserError
-from rlhf.ppo.rollout import Queries, encode_queries
 from rlhf.ppo.sampling import stream
+from rlhf.seq2seq import Queries, encode_queries
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The PPO trainer: orchestration only; the maths lives in ``core`` and ``kl``.
 
 One step reads like lm-human-preferences: queries -> responses -> scores -> logprobs, values and
-ref logprobs -> KL-shaped rewards -> advantages -> minibatch updates -> KL controller update.
+ref logprobs -> KL-shaped rewards -> advantages -> mini-batch updates -> KL controller update.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ import torch
 
 from rlhf.checkpoints import CheckpointError, first_non_finite, numbered, shape_mismatch
 from rlhf.config import PpoConfig
+from rlhf.configcheck import check_update_plan
 from rlhf.errors import UserError
 from rlhf.models import refuse_trainable_encoder
 from rlhf.ppo import core
 from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.ptx import PtxBatch, PtxPairs, pad_cat
-from rlhf.ppo.ranks import (check_update_plan, generator_states, mini_batch_per_process, minibatches_per_update,
-                            restore_generators, seed_process)
+from rlhf.ppo.ranks import generator_states, restore_generators, seed_process
 from rlhf.ppo.sampling import batch_indices
-from rlhf.ppo.rollout import (Queries, decoder_inputs, encode_queries, encoder_states, sample_responses,
-                               score_responses)
+from rlhf.ppo.rollout import score_responses
 from rlhf.reward import scored_texts
 from rlhf.runtime import use_cpu
+from rlhf.seq2seq import Queries, decoder_inputs, encode_queries, encoder_states, logprobs_from_logits, sample_responses
 
 
 class NonFiniteError(UserError):
@@ -92,8 +92,10 @@ class PPOTrainer:
         self.ptx = ptx if cfg.ptx_coef > 0 else None  # PPO-ptx: pairs mixed into every update
         if cfg.frozen_encoder:  # the reference and the update reuse encoder states: none may train
             refuse_trainable_encoder(policy.lm)
-        if accelerator is None:  # a Trainer earlier in this process (`rlhf run`) set its own precision; as it does
-            AcceleratorState._reset_state(reset_partial_state=False)  # for itself, reset (the process group stays)
+        if accelerator is None:  # a Trainer earlier in this process (`rlhf run`) left its own precision in the
+            # process-wide state. accelerate has no public reset (transformers' TrainingArguments calls this same
+            # private method for the same reason); the process group stays
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = accelerator or Accelerator(
             cpu=use_cpu(), mixed_precision=mixed_precision,  # autocast over fp32 master weights
             gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=cfg.report_to or None,
@@ -104,7 +106,6 @@ class PPOTrainer:
             self.accelerator.init_trackers("rlhf-ppo")
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, eps=1e-5)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         # ppo.compile: why the update stays eager (None = compiled, or not asked for)
         self.compile_fallback = self.policy.compile_training_forward() if cfg.compile else None
@@ -132,7 +133,7 @@ class PPOTrainer:
         """This rank's share of the ``draw``-th mini-batch of PPO-ptx pairs: as many pairs as the rank's
         mini-batch has rollouts (``ppo.mini_batch_size`` over all processes, at least one each)."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        idx = self.ptx.indices(draw, mini_batch_per_process(self.cfg, world) * world, self.seed + 2)
+        idx = self.ptx.indices(draw, self.cfg.mini_batch_per_process(world) * world, self.seed + 2)
         return self.ptx.encode(self.tokenizer, idx[rank::world], self.max_input_length, self.accelerator.device)
 
     # ------------------------------------------------------------------ one step
@@ -177,7 +178,7 @@ class PPOTrainer:
             "objective/scores_std": scores.std().item() if len(scores) > 1 else 0.0,
             "objective/kl": mean_kl.item(), "objective/kl_coef": kl_coef,
             "objective/entropy": scored.entropy.item(), **stats,
-            "ppo/learning_rate": self.scheduler.get_last_lr()[0],
+            "ppo/learning_rate": self.optimizer.param_groups[0]["lr"],
             "response_length": response_mask.sum(-1).float().mean().item(),
             **{f"time/{k}": v for k, v in timer.seconds.items()},
             "time/step": sum(timer.seconds.values()),
@@ -190,13 +191,13 @@ class PPOTrainer:
         cfg = self.cfg
         dec = decoder_inputs(batch.responses, self.start_token)
         world = self.accelerator.num_processes
-        mb = mini_batch_per_process(cfg, world)
-        draws_per_step = minibatches_per_update(cfg, world)  # ptx draws are a function of the step
+        mb = cfg.mini_batch_per_process(world)
+        draws_per_step = cfg.mini_batches_per_update(world)  # ptx draws are a function of the step
         sums: dict[str, float] = {}
         count, stop = 0, False
         lengths = batch.queries.attention_mask.sum(-1)
         for _ in range(cfg.ppo_epochs):
-            for idx in minibatches(lengths, mb, cfg.bucket_by_length):
+            for idx in mini_batches(lengths, mb, cfg.bucket_by_length):
                 width = int(lengths[idx].max())  # no work on padding beyond this mini-batch's longest prompt
                 with self.accelerator.accumulate(self.model):
                     states = None if batch.states is None else batch.states[idx, :width]  # frozen: no encoder here
@@ -206,7 +207,7 @@ class PPOTrainer:
                         inputs, states = self.with_ptx(inputs, states, ptx)
                     out = self.model(*inputs, encoder_states=states)
                     n, t = len(idx), dec.shape[1]  # the PPO rows come first
-                    logprobs = core.logprobs_from_logits(out.logits[:n, :t], batch.responses[idx])
+                    logprobs = logprobs_from_logits(out.logits[:n, :t], batch.responses[idx])
                     mask = batch.response_mask[idx]
                     pg_loss, pg = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange)
                     vf_loss, vf = core.value_loss(out.values[:n, :t], batch.values[idx], batch.returns[idx], mask,
@@ -221,7 +222,6 @@ class PPOTrainer:
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
-                    self.scheduler.step()
                     self.optimizer.zero_grad()
                 for key, value in (("ppo/loss/policy", pg_loss), ("ppo/loss/value", vf_loss),
                                    ("ppo/policy/clipfrac", pg["clipfrac"]), ("ppo/policy/approxkl", pg["approxkl"]),
@@ -233,7 +233,7 @@ class PPOTrainer:
                     break
             if stop:
                 break
-        return {k: v / max(1, count) for k, v in sums.items()} | {"ppo/minibatches": count, "ppo/early_stopped": stop}
+        return {k: v / max(1, count) for k, v in sums.items()} | {"ppo/mini_batches": count, "ppo/early_stopped": stop}
 
     def with_ptx(self, inputs: tuple, states: torch.Tensor | None, ptx: PtxBatch) -> tuple[tuple, torch.Tensor | None]:
         """The mini-batch's (input_ids, attention_mask, decoder_input_ids) with the ptx pairs' rows
@@ -256,10 +256,10 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: Path) -> None:
-        """Trainable weights + value head, optimizer, scheduler, KL controller, RNG, step and the
+        """Trainable weights + value head, optimizer, KL controller, RNG, step and the
         config: atomically, and only when every value is finite (else :class:`NonFiniteError`)."""
         ckpt = Checkpoint(folder, self.policy.trainable_state_dict(),
-                          {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                          {"optimizer": self.optimizer.state_dict()},
                           generator_states(self.accelerator.process_index, self.accelerator.num_processes,
                                            self.accelerator.device),
                           {"step": self.step_count, "data_position": self.step_count * self.cfg.batch_size,
@@ -287,11 +287,8 @@ class PPOTrainer:
             raise UserError(f"checkpoint {ckpt.folder} does not fit the configured model: {why}")
         self.policy.load_trainable_state_dict(ckpt.trainable)
         self.optimizer.load_state_dict(ckpt.optimizer["optimizer"])
-        self.scheduler.load_state_dict(ckpt.optimizer["scheduler"])
-        self.scheduler.base_lrs = [self.cfg.learning_rate] * len(self.scheduler.base_lrs)
-        for group in self.optimizer.param_groups:
+        for group in self.optimizer.param_groups:  # a constant rate: the config's, not the checkpoint's
             group["lr"] = self.cfg.learning_rate
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         restore_generators(ckpt.rng, self.accelerator.process_index, self.accelerator.device, self.seed)
         state = ckpt.state
         self.step_count = state["step"]
@@ -324,7 +321,7 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def minibatches(lengths: torch.Tensor, size: int, bucket: bool) -> list[torch.Tensor]:
+def mini_batches(lengths: torch.Tensor, size: int, bucket: bool) -> list[torch.Tensor]:
     """Index sets of one PPO epoch. Shuffled; with ``bucket``, prompts of similar length share a
     mini-batch (a random permutation, stably sorted by length, cut into mini-batches, whose
     order is then shuffled), so less of each forward is spent on padding."""

@@ -37,7 +37,7 @@ def main(out: Path) -> None:
     record = {"rank": accelerator.process_index, "world": accelerator.num_processes,
               "distributed_type": str(accelerator.distributed_type), "prompts": mine,
               "weights": digest.hexdigest(), "scores": stats["objective/scores"],
-              "ptx_loss": stats["ppo/loss/ptx"], "early_stop_passes": early["ppo/minibatches"],
+              "ptx_loss": stats["ppo/loss/ptx"], "early_stop_passes": early["ppo/mini_batches"],
               "whitens_as_one": whitens_as_one_process(accelerator), "noise": torch.rand(3).tolist()}
     if accelerator.is_main_process:
         from safetensors.torch import load_file

@@ -5,7 +5,7 @@ import torch
 
 from rlhf.ppo import core
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController
-from rlhf.ppo.rollout import decoder_inputs, response_mask_from
+from rlhf.seq2seq import decoder_inputs, entropy_from_logits, logprobs_from_logits, response_mask_from
 
 MASK = torch.tensor([[True, True, True], [True, True, False]])
 
@@ -134,14 +134,14 @@ def test_adaptive_kl_controller_by_hand():
 
 
 def test_minibatches_cover_the_batch_once():
-    from rlhf.ppo.trainer import minibatches
+    from rlhf.ppo.trainer import mini_batches
 
     torch.manual_seed(0)
     lengths = torch.tensor([5, 90, 7, 88, 6, 91, 8, 89])
     for bucket in (False, True):
-        parts = minibatches(lengths, 2, bucket)
+        parts = mini_batches(lengths, 2, bucket)
         assert sorted(torch.cat(parts).tolist()) == list(range(8)) and all(len(p) == 2 for p in parts)
-    bucketed = minibatches(lengths, 4, True)
+    bucketed = mini_batches(lengths, 4, True)
     assert sorted(sorted(lengths[p].tolist()) for p in bucketed) == [[5, 6, 7, 8], [88, 89, 90, 91]]
 
 
@@ -151,21 +151,21 @@ def test_logprobs_and_entropy_match_the_definitions():
     logits, tokens = torch.randn(2, 5, 300) * 40, torch.randint(0, 300, (2, 5))
     ref = logits.double().log_softmax(-1)
     expected_lp = ref.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(core.logprobs_from_logits(logits, tokens).double(), expected_lp, rtol=0, atol=1e-4)
+    torch.testing.assert_close(logprobs_from_logits(logits, tokens).double(), expected_lp, rtol=0, atol=1e-4)
     expected_ent = -(ref.exp() * ref).sum(-1)
-    torch.testing.assert_close(core.entropy_from_logits(logits).double(), expected_ent, rtol=0, atol=1e-4)
+    torch.testing.assert_close(entropy_from_logits(logits).double(), expected_ent, rtol=0, atol=1e-4)
 
 
 def test_logprobs_gradient_is_softmax_minus_onehot():
     logits = torch.randn(1, 1, 7, requires_grad=True)
-    core.logprobs_from_logits(logits, torch.tensor([[3]])).sum().backward()
+    logprobs_from_logits(logits, torch.tensor([[3]])).sum().backward()
     expected = -logits.detach().softmax(-1)
     expected[0, 0, 3] += 1
     torch.testing.assert_close(logits.grad, expected)
 
 
 def test_gumbel_max_samples_from_the_softmax():
-    from rlhf.ppo.rollout import GumbelMax
+    from rlhf.seq2seq import GumbelMax
 
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]])

@@ -4,7 +4,7 @@ import torch
 from rlhf.errors import UserError
 from rlhf.ppo import core
 from rlhf.ppo.ptx import PtxPairs, pad_cat, ptx_pairs
-from rlhf.ppo.rollout import decoder_inputs
+from rlhf.seq2seq import decoder_inputs
 
 from .test_trainer import WordCountScorer, make
 

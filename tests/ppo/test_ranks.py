@@ -5,7 +5,8 @@ import torch
 
 from rlhf.config import PpoConfig
 from rlhf.errors import UserError
-from rlhf.ppo.ranks import check_update_plan, generator_states, minibatches_per_update, restore_generators
+from rlhf.configcheck import check_update_plan
+from rlhf.ppo.ranks import generator_states, restore_generators
 
 
 def cfg(**kw):
@@ -13,8 +14,8 @@ def cfg(**kw):
 
 
 def test_every_process_runs_as_many_passes_and_accumulation_ends_in_the_update():
-    assert minibatches_per_update(cfg(), 1) == 16 and minibatches_per_update(cfg(), 2) == 16
-    assert minibatches_per_update(cfg(mini_batch_size=1), 4) == 16  # one rollout a pass on each
+    assert cfg().mini_batches_per_update(1) == 16 and cfg().mini_batches_per_update(2) == 16
+    assert cfg(mini_batch_size=1).mini_batches_per_update(4) == 16  # one rollout a pass on each
     check_update_plan(cfg(), 4)
     check_update_plan(cfg(gradient_accumulation_steps=4), 1)
     with pytest.raises(UserError, match=r"^config key 'ppo.batch_size': 16 rollouts do not split evenly over 3 processes"):

@@ -9,7 +9,8 @@ from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
 from rlhf.ppo.model import ValueHead, build_policy
 from rlhf.ppo.ptx import ptx_pairs
-from rlhf.ppo.rollout import encode_queries, encoder_states, sample_responses, score_responses
+from rlhf.ppo.rollout import score_responses
+from rlhf.seq2seq import encode_queries, encoder_states, logprobs_from_logits, masked_mean, sample_responses
 from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
 from rlhf.tinyworld.build import resolve_tinyworld
 
@@ -84,7 +85,7 @@ def test_step_reports_metrics(tmp_path):
                 "time/update", "tokens_per_s"):
         assert key in stats and stats[key] == stats[key], key
     assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-6)
-    assert stats["ppo/minibatches"] == 2 * 2
+    assert stats["ppo/mini_batches"] == 2 * 2
 
 
 def test_resume_matches_straight_run(tmp_path):
@@ -230,7 +231,7 @@ def test_compile_falls_back_to_eager_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: "no C++ compiler on PATH")
     trainer, _ = make(tmp_path, compile=True, steps=1)
     assert trainer.compile_fallback == "no C++ compiler on PATH" and trainer.policy._train_forward is None
-    assert trainer.step()["ppo/minibatches"] == 4
+    assert trainer.step()["ppo/mini_batches"] == 4
     plain, _ = make(tmp_path / "plain")
     assert plain.compile_fallback is None and plain.policy._train_forward is None
 
@@ -247,7 +248,7 @@ def test_a_failed_compile_runs_eagerly_and_says_why(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(torch, "compile", broken)
     trainer, _ = make(tmp_path, compile=True, steps=1)
     assert trainer.compile_fallback is None and trainer.policy.compiled
-    assert trainer.step()["ppo/minibatches"] == 4
+    assert trainer.step()["ppo/mini_batches"] == 4
     assert not trainer.policy.compiled
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ppo: ppo.compile: compiling the update failed (RuntimeError: inductor could not lower an op); "
@@ -261,9 +262,8 @@ def test_compiled_update_forward_and_gradients_match_eager(tmp_path):
     reuses the compiled graph."""
     import torch._dynamo
 
-    from rlhf.ppo import core
-    from rlhf.ppo.rollout import decoder_inputs
     from rlhf.runtime import compile_unavailable
+    from rlhf.seq2seq import decoder_inputs
 
     if (why := compile_unavailable(torch.device("cpu"))) is not None:
         pytest.skip(f"torch.compile is unavailable here: {why}")
@@ -284,8 +284,8 @@ def test_compiled_update_forward_and_gradients_match_eager(tmp_path):
             with torch._dynamo.config.patch(error_on_recompile=i > 0):
                 out = policy(q.input_ids[:, :width], q.attention_mask[:, :width],
                              decoder_inputs(responses, trainer.start_token))
-            logprobs = core.logprobs_from_logits(out.logits, responses)
-            (core.masked_mean(logprobs, mask) + out.values.mean()).backward()
+            logprobs = logprobs_from_logits(out.logits, responses)
+            (masked_mean(logprobs, mask) + out.values.mean()).backward()
         grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.requires_grad}
         outs.append((logprobs.detach(), out.values.detach(), grads))
     (lp0, v0, g0), (lp1, v1, g1) = outs

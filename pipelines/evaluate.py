@@ -18,7 +18,7 @@ from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.judges import load_judges
 from rlhf.models import load_seq2seq, load_tokenizer
-from rlhf.protocol import SIDES, sequence_kl, summarize
+from rlhf.protocol import REWARD_MODEL, SIDES, sequence_kl, summarize
 from rlhf.report import build_report
 from rlhf.reward import load_scorer, scored_texts
 from rlhf.rundir import require_stage, start_stage
@@ -26,9 +26,6 @@ from rlhf.runtime import autocast
 from rlhf.seq2seq import reference, response_nll, text_logprobs
 from rlhf.sft import start_paths
 from rlhf.tinyworld.build import resolve_tinyworld
-
-RM = "reward model"
-
 
 def load_pair(config: ExperimentConfig, ppo_dir):
     """(after LM, frozen before LM or None) from the PPO stage's saved artifacts. None means the
@@ -94,7 +91,7 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
     flat_prompts = prompts + [p for p in prompts for _ in range(k)]
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
     judges, missing = load_judges(cfg.judges)
-    score_fns = {RM: lambda texts: scorer.toxic_probs(scored_texts(flat_prompts, texts, config.reward.score_with_prompt)).tolist(),
+    score_fns = {REWARD_MODEL: lambda texts: scorer.toxic_probs(scored_texts(flat_prompts, texts, config.reward.score_with_prompt)).tolist(),
                  **judges}
     scores = {name: {side: _unflat(fn(_flat(gens[side])), n, k) for side in SIDES} for name, fn in score_fns.items()}
     base_lm = load_seq2seq(config.model)  # fluency: the model the pipeline started from, never trained here
@@ -134,9 +131,10 @@ def main(config: ExperimentConfig) -> dict:
         records, info = _generate_and_score(config, dialogues, prompts, tokenizer, ppo_dir, reward_dir)
     atomic_write_jsonl(stage.dir / "generations.jsonl", records)
     judges = info["judges_run"]
-    protocol = summarize(records, [RM, *judges], judges, cfg.threshold, cfg.bootstrap_resamples, config.seed,
+    protocol = summarize(records, [REWARD_MODEL, *judges], judges, cfg.threshold, cfg.bootstrap_resamples, config.seed,
                          cfg.bounds)
-    metrics = {"n_prompts": len(prompts), "prompts_shortened": sum(shortened), "n_samples": cfg.n_samples, "threshold": cfg.threshold, **info,
+    metrics = {"n_prompts": len(prompts), "prompts_shortened": sum(shortened), "n_samples": cfg.n_samples,
+               "threshold": cfg.threshold, "n_examples": cfg.n_examples, **info,
                "bounds": dataclasses.asdict(cfg.bounds),
                "generation": {"greedy": True, "sampled_per_prompt": cfg.n_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
                               "max_new_tokens": cfg.max_new_tokens or config.sft.max_new_tokens},

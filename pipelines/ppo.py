@@ -95,7 +95,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     stage.write_metrics(metrics)
     atomic_write_text(stage.dir / "before_after.json", json.dumps(result["rows"], indent=1))
     stage.finish()
-    print(f"ppo: toxicity {metrics['toxicity_before']:.4f} -> {metrics['toxicity_after']:.4f}, ROUGE-L "
+    print(f"ppo: toxicity {metrics['greedy_toxicity_before']:.4f} -> {metrics['greedy_toxicity_after']:.4f}, ROUGE-L "
           f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}, final KL {metrics['kl_mean_final']:.3f}")
     return metrics
 
@@ -170,8 +170,8 @@ def _write_samples(trainer, test, config, path: Path, n: int = 6) -> None:
     result = before_after(trainer.policy, trainer.tokenizer, trainer.scorer, test[:n], config)
     lines = [f"# Samples after step {trainer.step_count}\n"]
     for r in result["rows"]:
-        lines.append(f"**Prompt:** {r['dialogue'][:300]}\n\n- before ({r['toxicity_before']:.3f}): {r['before']}\n"
-                     f"- after ({r['toxicity_after']:.3f}): {r['after']}\n")
+        lines.append(f"**Prompt:** {r['dialogue'][:300]}\n\n- before ({r['greedy_toxicity_before']:.3f}): {r['before']}\n"
+                     f"- after ({r['greedy_toxicity_after']:.3f}): {r['after']}\n")
     atomic_write_text(path, "\n".join(lines))
 
 

@@ -35,7 +35,7 @@ def emt_by_stratum(protocol: dict, out: Path) -> str | None:
     for ax, scorer in zip(axes[0], scorers):
         strata = list(protocol["toxicity"][scorer])
         for j, side in enumerate(("before", "after")):
-            figs = [protocol["toxicity"][scorer][s]["emt"] for s in strata]
+            figs = [protocol["toxicity"][scorer][s]["expected_maximum_toxicity"] for s in strata]
             values = [f[side] for f in figs]
             errors = [[v - f[f"{side}_ci95"][0] for v, f in zip(values, figs)],
                       [f[f"{side}_ci95"][1] - v for v, f in zip(values, figs)]]

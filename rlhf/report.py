@@ -11,9 +11,9 @@ from pathlib import Path
 from rlhf import plots
 from rlhf.artifacts import atomic_write_json, atomic_write_text, markdown_table, read_json, read_jsonl
 from rlhf.errors import UserError
+from rlhf.protocol import PROTOCOL_VERSION, REWARD_MODEL
 
 STAGES = ("prompt", "sft", "reward", "ppo", "evaluate")
-RM = "reward model"
 MIN_CHANGE = 0.01  # an example row must move at least this much to count as changed
 
 
@@ -34,9 +34,9 @@ def _load(run_dir: Path) -> dict:
             stages[name] = {"manifest": _read(folder / "manifest.json", name), "metrics": _read(folder / "metrics.json", name)}
     if "evaluate" not in stages:
         raise UserError(f"run directory {run_dir} has no finished 'evaluate' stage: run `rlhf evaluate CONFIG` first")
-    if "protocol" not in stages["evaluate"]["metrics"]:
-        raise UserError(f"{run_dir / 'evaluate' / 'metrics.json'} predates the current protocol: "
-                        "re-run `rlhf evaluate CONFIG --force`")
+    if stages["evaluate"]["metrics"].get("protocol", {}).get("version") != PROTOCOL_VERSION:
+        raise UserError(f"{run_dir / 'evaluate' / 'metrics.json'} predates the current protocol (version "
+                        f"{PROTOCOL_VERSION}): re-run `rlhf evaluate CONFIG --force`")
     stages["evaluate"]["records"] = _read(run_dir / "evaluate" / "generations.jsonl", "evaluate")
     log = run_dir / "ppo" / "metrics.jsonl"
     stages.setdefault("ppo", {})["history"] = _read(log, "ppo") if log.is_file() else []
@@ -49,7 +49,7 @@ def headline(ev: dict) -> dict:
     and the first judge, the greedy mean toxicity beside it, ROUGE-L and KL."""
     p = ev["protocol"]
     key = p["decided_on"]
-    rm, greedy = p["toxicity"][RM]["all"][key], p["toxicity"][RM]["all"]["greedy_mean"]
+    rm, greedy = p["toxicity"][REWARD_MODEL]["all"][key], p["toxicity"][REWARD_MODEL]["all"]["greedy_mean_toxicity"]
     judge = ev["judges_run"][0] if ev["judges_run"] else None
     jb = p["toxicity"][judge]["all"][key] if judge else None
     rouge_l = p["quality"]["all"]["rougeL"]
@@ -72,14 +72,14 @@ def build_report(run_dir: str | Path) -> dict:
     ev = stages["evaluate"]["metrics"]
     records = stages["evaluate"]["records"]
     report = {"run_dir": str(run_dir), "headline": headline(ev), "protocol": ev["protocol"],
-              "rules": rules(ev), "examples": examples(records, ev["judges_run"], ev["protocol"]["k"] > 0),
+              "rules": rules(ev), "examples": examples(records, ev["judges_run"], ev["n_examples"]),
               "stages": {k: v.get("metrics") for k, v in stages.items()},
               "run": {k: {"seconds": v["manifest"]["seconds"], "seed": v["manifest"]["seed"],
                           "versions": v["manifest"]["versions"], "git_commit": v["manifest"].get("git_commit")}
                       for k, v in stages.items() if "manifest" in v}}
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-    made = [plots.emt_by_stratum(ev["protocol"], out), plots.max_toxicity_hist(records, RM, out),
+    made = [plots.emt_by_stratum(ev["protocol"], out), plots.max_toxicity_hist(records, REWARD_MODEL, out),
             plots.ppo_curves(stages["ppo"].get("history") or [], out), plots.rouge_by_stage(_rouge_by_stage(stages), out)]
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", _markdown(report, stages, [m for m in made if m]))
@@ -112,11 +112,12 @@ def rules(ev: dict) -> dict:
     }
 
 
-def examples(records: list[dict], judges: list[str], n: int | None = None, limit: int = 20) -> dict:
+def examples(records: list[dict], judges: list[str], limit: int) -> dict:
     """Greedy rows ranked by the change of the mean of the reward model's and the judges' scores
     (rows that moved less than ``MIN_CHANGE`` are never listed), and the rows where the reward
-    model and the first judge disagree most after PPO."""
-    scorers = [RM, *judges]
+    model and the first judge disagree most after PPO; at most ``limit`` rows each
+    (``evaluate.n_examples``)."""
+    scorers = [REWARD_MODEL, *judges]
     rows = []
     for r in records:
         before = {s: r["scores"][s]["before"]["greedy"] for s in scorers}
@@ -127,7 +128,7 @@ def examples(records: list[dict], judges: list[str], n: int | None = None, limit
         for s in scorers:
             row[f"{s} before"], row[f"{s} after"] = before[s], after[s]
         if judges:
-            row["gap after"] = after[RM] - after[judges[0]]
+            row["gap after"] = after[REWARD_MODEL] - after[judges[0]]
         rows.append(row)
     by_change = sorted(rows, key=lambda x: x["change"])
     out = {"improvements": [x for x in by_change if x["change"] <= -MIN_CHANGE][:limit],
@@ -163,8 +164,9 @@ def _arrow(fig: dict | None, digits: int = 4) -> str:
     return f"{fig['before']:.{digits}f} -> {fig['after']:.{digits}f}"
 
 
-FIGURES = {"emt": "Expected Maximum Toxicity", "tp": "Toxicity Probability", "greedy_mean": "greedy mean toxicity",
-           "greedy_share": "greedy share toxic"}
+# A figure's key in report.json / metrics.json and its name in report.md
+FIGURES = {"expected_maximum_toxicity": "Expected Maximum Toxicity", "toxicity_probability": "Toxicity Probability",
+           "greedy_mean_toxicity": "greedy mean toxicity", "greedy_toxic_share": "greedy toxic share"}
 
 
 def _headline_md(report: dict, ev: dict) -> list[str]:
@@ -180,7 +182,7 @@ def _headline_md(report: dict, ev: dict) -> list[str]:
             if not block:
                 continue
             shown = [f"{FIGURES[key]} {_arrow(block[key])} (CI {_ci(block[key])})"
-                     for key in ("emt", "tp", "greedy_share") if key in block]
+                     for key in ("expected_maximum_toxicity", "toxicity_probability", "greedy_toxic_share") if key in block]
             lines.append(f"- {scorer}, {stratum} prompts: " + "; ".join(shown))
     q = p["quality"]["all"]
     quality = [f"ROUGE-L {_arrow(q['rougeL'])}"]
@@ -251,5 +253,5 @@ def _stage_md(name: str, stages: dict) -> str:
     if name == "reward":
         keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece") if k in m]
         return markdown_table([{k: m[k] for k in keys}]) if keys else f"pretrained `{m['pretrained']}`\n"
-    keys = ("steps", "toxicity_before", "toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "seconds")
+    keys = ("steps", "greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "seconds")
     return markdown_table([{k: m.get(k) for k in keys}])

@@ -195,7 +195,7 @@ class RewardScorer:
     the text first: scoring them, as the reference lab did, changes the reward.
     """
 
-    def __init__(self, model, tokenizer, non_toxic_label: str, output: str = "logit", max_length: int = 512,
+    def __init__(self, model, tokenizer, non_toxic_label: str, output: str = "log_probability", max_length: int = 512,
                  batch_size: int = 64, strip_tokens: tuple[str, ...] = (), clean_at: float = 1.0):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.non_toxic = label_index(model, non_toxic_label)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rlhf.artifacts import atomic_write_json, atomic_write_text, ensure_dir, read_json
+from rlhf.artifacts import atomic_write_json, atomic_write_text, ensure_dir
 from rlhf.config import ExperimentConfig, config_from_dict, to_dict, to_yaml
 from rlhf.configdiff import describe, differences
 from rlhf.errors import UserError
@@ -41,7 +41,7 @@ RUN_ONLY = frozenset({"ppo.compile", "ppo.report_to"})
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -124,10 +124,6 @@ def start_stage(config: ExperimentConfig, name: str) -> StageRun:
     atomic_write_text(folder / "config.yaml", to_yaml(config))
     atomic_write_text(config.run_dir / "config.yaml", to_yaml(config))
     return StageRun(config=config, name=name, dir=folder, started=time.time())
-
-
-def read_manifest(folder: Path) -> dict:
-    return read_json(folder / MANIFEST)
 
 
 def recorded_config(config: ExperimentConfig, stage: str) -> dict:

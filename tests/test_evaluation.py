@@ -51,7 +51,7 @@ def test_evaluate_and_report(finished_run):
     p = report["protocol"]
     assert set(p["strata"]) <= {"all", "toxic", "non-toxic"} and p["strata"]["all"] == 8
     for scorer in ("reward model", "profanity_check"):
-        for key in ("emt", "tp", "greedy_mean", "greedy_share"):
+        for key in ("expected_maximum_toxicity", "toxicity_probability", "greedy_mean_toxicity", "greedy_toxic_share"):
             f = p["toxicity"][scorer]["all"][key]
             assert f["n"] == 8 and len(f["change_ci95"]) == 2 and f["before_ci95"][0] <= f["before"] <= f["before_ci95"][1]
     q = p["quality"]["all"]

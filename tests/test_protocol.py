@@ -3,15 +3,20 @@ import math
 import pytest
 
 from rlhf.config import QualityBounds
-from rlhf.protocol import (VERDICTS, distinct_n, expected_max_toxicity, has_ngram_loop, is_faithful, mean_distinct_n,
-                           paired_figure, perplexity, quality_problems, summarize, toxicity_probability, verdict)
+from rlhf.protocol import (VERDICTS, distinct_n, has_ngram_loop, is_faithful, paired_figure, perplexity,
+                           quality_problems, summarize, toxicity_figures, verdict)
 
 
-def test_expected_max_toxicity_and_toxicity_probability_by_hand():
+def test_expected_maximum_toxicity_and_toxicity_probability_by_hand():
     scores = [[0.1, 0.7, 0.2], [0.3, 0.4, 0.45], [0.5, 0.0, 0.0]]
-    assert expected_max_toxicity(scores) == pytest.approx((0.7 + 0.45 + 0.5) / 3)
-    assert toxicity_probability(scores) == pytest.approx(2 / 3)  # 0.5 counts: ">= threshold"
-    assert toxicity_probability(scores, threshold=0.6) == pytest.approx(1 / 3)
+    records = [{"scores": {"rm": {side: {"greedy": row[0], "samples": row} for side in ("before", "after")}}}
+               for row in scores]
+    figures = toxicity_figures(records, "rm", 0.5, 10, 0)
+    assert figures["expected_maximum_toxicity"]["before"] == pytest.approx((0.7 + 0.45 + 0.5) / 3)
+    assert figures["toxicity_probability"]["before"] == pytest.approx(2 / 3)  # 0.5 counts: ">= threshold"
+    assert toxicity_figures(records, "rm", 0.6, 10, 0)["toxicity_probability"]["before"] == pytest.approx(1 / 3)
+    assert figures["greedy_mean_toxicity"]["before"] == pytest.approx((0.1 + 0.3 + 0.5) / 3)
+    assert figures["greedy_toxic_share"]["before"] == pytest.approx(1 / 3)
 
 
 def test_distinct_n_by_hand():
@@ -20,7 +25,6 @@ def test_distinct_n_by_hand():
     assert distinct_n(samples, 2) == pytest.approx(3 / 6)
     assert distinct_n(samples, 3) == pytest.approx(2 / 6)
     assert distinct_n(["", ""], 2) == 0.0
-    assert mean_distinct_n([["x x", "x x"], ["a b", "c d"]], 1) == pytest.approx((1 / 4 + 4 / 4) / 2)
 
 
 def test_ngram_loop_detector():
@@ -138,11 +142,11 @@ def test_summarize_strata_and_verdict_on_records():
     p = summarize(records, ["reward model"], [], 0.5, 300, 0, BOUNDS)
     assert p["k"] == 3 and p["strata"] == {"all": 40, "toxic": 10, "non-toxic": 30}
     toxic = p["toxicity"]["reward model"]["toxic"]
-    assert toxic["emt"]["before"] == pytest.approx(0.9) and toxic["emt"]["after"] == pytest.approx(0.2)
-    assert toxic["tp"]["before"] == 1.0 and toxic["tp"]["after"] == 0.0
-    assert toxic["greedy_share"]["before"] == 1.0 and toxic["greedy_share"]["after"] == 0.0
+    assert toxic["expected_maximum_toxicity"]["before"] == pytest.approx(0.9) and toxic["expected_maximum_toxicity"]["after"] == pytest.approx(0.2)
+    assert toxic["toxicity_probability"]["before"] == 1.0 and toxic["toxicity_probability"]["after"] == 0.0
+    assert toxic["greedy_toxic_share"]["before"] == 1.0 and toxic["greedy_toxic_share"]["after"] == 0.0
     clean = p["toxicity"]["reward model"]["non-toxic"]
-    assert clean["emt"]["change"] == 0.0 and clean["tp"]["before"] == 0.0
+    assert clean["expected_maximum_toxicity"]["change"] == 0.0 and clean["toxicity_probability"]["before"] == 0.0
     assert p["quality"]["all"]["faithfulness"]["before"] == 1.0
     assert p["quality"]["all"]["perplexity"]["before"] == pytest.approx(math.e ** 0.5)
     assert p["verdict"]["verdict"] == VERDICTS[0] and "unconfirmed" in p["verdict"]["reasons"][0]

@@ -65,7 +65,7 @@ def _next_after_seed(seed: int) -> float:
 def scorer(trained):
     config, _ = trained
     model, tok = load_classifier(str(config.run_dir / "reward" / "model"))
-    return RewardScorer(model, tok, "non-toxic", batch_size=3)
+    return RewardScorer(model, tok, "non-toxic", batch_size=3)  # reward = log p(non-toxic), as reward.output's default
 
 
 def test_scorer_strips_special_tokens(scorer):
@@ -97,7 +97,7 @@ def test_probability_output_is_non_toxic_prob(scorer):
 
 def test_scorer_applies_clean_at(scorer):
     texts = ["hello there", "you are kind", "the sales plan is due on Friday"]
-    plain = RewardScorer(scorer.model, scorer.tokenizer, "non-toxic", output="log_probability").rewards(texts)
+    plain = scorer.rewards(texts)  # log_probability, the default
     cap = float(plain.max()) - 1e-3  # below the cleanest text's reward: that one must be clamped
     capped = RewardScorer(scorer.model, scorer.tokenizer, "non-toxic", output="log_probability",
                           clean_at=math.exp(cap)).rewards(texts)

@@ -15,7 +15,7 @@ def test_manifest_written_last_and_describes_the_run(small_config):
     assert is_finished(small_config, "prompt")
     saved = json.loads((stage.dir / MANIFEST).read_text())
     assert saved == manifest and saved["status"] == "finished" and saved["seed"] == small_config.seed
-    assert {"python", "torch", "transformers", "peft", "trl"} <= set(saved["versions"])
+    assert {"python", "torch", "transformers", "peft", "datasets", "accelerate"} <= set(saved["versions"])
     assert "started_at" in saved and "ended_at" in saved and "git_commit" in saved
 
 

@@ -30,10 +30,10 @@ def before_after(policy, tokenizer, scorer, test: list[EvalDialogue], config: Ex
     tox_before = scorer.toxic_probs(scored_texts(prompts, before, with_prompt)).tolist()
     tox_after = scorer.toxic_probs(scored_texts(prompts, after, with_prompt)).tolist()
     rouge_before, rouge_after = rouge(before, references), rouge(after, references)
-    rows = [{"dialogue": d.dialogue, "reference": d.references[0], "before": b, "after": a, "toxicity_before": tb,
-             "toxicity_after": ta} for d, b, a, tb, ta in zip(test, before, after, tox_before, tox_after)]
-    summary = {"n_eval": len(prompts), "toxicity_before": mean(tox_before), "toxicity_after": mean(tox_after),
-               "toxic_share_before": mean(t >= 0.5 for t in tox_before),
-               "toxic_share_after": mean(t >= 0.5 for t in tox_after),
+    rows = [{"dialogue": d.dialogue, "reference": d.references[0], "before": b, "after": a, "greedy_toxicity_before": tb,
+             "greedy_toxicity_after": ta} for d, b, a, tb, ta in zip(test, before, after, tox_before, tox_after)]
+    summary = {"n_eval": len(prompts), "greedy_toxicity_before": mean(tox_before), "greedy_toxicity_after": mean(tox_after),
+               "greedy_toxic_share_before": mean(t >= 0.5 for t in tox_before),
+               "greedy_toxic_share_after": mean(t >= 0.5 for t in tox_after),
                "rougeL_before": rouge_before["rougeL"], "rougeL_after": rouge_after["rougeL"]}
     return {"summary": summary, "rows": rows}

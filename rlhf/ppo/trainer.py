@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from rlhf.checkpoints import CheckpointError, first_non_finite, numbered, shape_mismatch
+from rlhf.checkpoints import first_non_finite, shape_mismatch
 from rlhf.config import PpoConfig
 from rlhf.configcheck import check_update_plan
 from rlhf.errors import UserError
 from rlhf.models import refuse_trainable_encoder
 from rlhf.ppo import core
-from rlhf.ppo.checkpoint import PREFIX, Checkpoint, read_checkpoint, write_checkpoint
+from rlhf.ppo.checkpoint import Checkpoint, write_checkpoint
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.ptx import PtxBatch, PtxPairs, pad_cat
 from rlhf.ppo.ranks import generator_states, restore_generators, seed_process
@@ -273,14 +273,6 @@ class PPOTrainer:
     def trainable_shapes(self) -> dict[str, torch.Size]:
         return {k: p.shape for k, p in self.policy.named_parameters() if p.requires_grad}
 
-    def load_checkpoint(self, folder: Path) -> None:
-        """Verify ``folder`` (files, readable, finite, shapes) and continue from it."""
-        try:
-            ckpt = read_checkpoint(folder)
-        except CheckpointError as err:
-            raise UserError(f"checkpoint {folder}: {err}") from None
-        self.apply_checkpoint(ckpt)
-
     def apply_checkpoint(self, ckpt: Checkpoint) -> None:
         """Continue from a verified checkpoint; the learning rate comes from the config, not from it."""
         if (why := shape_mismatch(ckpt.trainable, self.trainable_shapes())) is not None:
@@ -331,10 +323,3 @@ def mini_batches(lengths: torch.Tensor, size: int, bucket: bool) -> list[torch.T
     order = perm[torch.sort(lengths[perm], stable=True).indices]
     chunks = list(order.split(size))
     return [chunks[i] for i in torch.randperm(len(chunks)).tolist()]
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The highest-numbered ``step-N`` folder (unverified; a resume uses
-    :func:`rlhf.ppo.checkpoint.find_resumable`)."""
-    found = numbered(folder, PREFIX)[0]
-    return found[0][1] if found else None

@@ -12,7 +12,7 @@ from rlhf.checkpoints import clean_stray
 from rlhf.config import to_dict
 from rlhf.errors import UserError
 from rlhf.ppo.checkpoint import find_resumable, read_checkpoint
-from rlhf.ppo.trainer import NonFiniteError, latest_checkpoint
+from rlhf.ppo.trainer import NonFiniteError
 
 from .test_trainer import make
 
@@ -142,12 +142,6 @@ def test_resume_skips_a_corrupt_checkpoint_and_cleans_leftovers(run, tmp_path, c
     assert lines[0] == f"ppo: removed .step-3.abc123.tmp, step-final from {ck} (not a checkpoint)"
     assert lines[1].startswith(f"ppo: skipping checkpoint {ck / 'step-2'}: {reason}")
     assert sorted(p.name for p in ck.iterdir()) == ["step-1", "step-2"]  # pickle_ran absent: nothing executed
-
-
-def test_latest_checkpoint_ignores_stray_folders(run, tmp_path):
-    ck, _, _ = copy_of(run, tmp_path)
-    (ck / "step-final").mkdir()
-    assert latest_checkpoint(ck) == ck / "step-2"
 
 
 def test_no_usable_checkpoint_says_so(run, tmp_path):

@@ -29,7 +29,7 @@ def test_ppo_stage_end_to_end(tmp_path):
     reward_stage.main(config)
     metrics = ppo_stage.main(config)
     folder = config.run_dir / "ppo"
-    for key in ("toxicity_before", "toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "steps", "seconds"):
+    for key in ("greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "steps", "seconds"):
         assert key in metrics
     assert metrics["steps"] == 3
     assert metrics["peak_memory_mb"] > metrics["memory_before_models_mb"] > 0

@@ -7,11 +7,12 @@ from rlhf.config import config_from_dict
 from rlhf.data import format_prompt, load_splits, toxic_flags
 from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
+from rlhf.ppo.checkpoint import read_checkpoint
 from rlhf.ppo.model import ValueHead, build_policy
 from rlhf.ppo.ptx import ptx_pairs
 from rlhf.ppo.rollout import score_responses
-from rlhf.seq2seq import encode_queries, encoder_states, logprobs_from_logits, masked_mean, sample_responses
 from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
+from rlhf.seq2seq import encode_queries, encoder_states, logprobs_from_logits, masked_mean, sample_responses
 from rlhf.tinyworld.build import resolve_tinyworld
 
 from ..conftest import small_raw
@@ -100,7 +101,7 @@ def test_resume_matches_straight_run(tmp_path):
     first.save_checkpoint(tmp_path / "ckpt")
     torch.manual_seed(123)  # a fresh process: other RNG state
     resumed, _ = make(tmp_path / "c")
-    resumed.load_checkpoint(tmp_path / "ckpt")
+    resumed.apply_checkpoint(read_checkpoint(tmp_path / "ckpt"))
     assert resumed.step_count == 2
     for _ in range(2):
         resumed.step()

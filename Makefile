@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/rlhf run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) runs

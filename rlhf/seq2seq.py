@@ -108,9 +108,9 @@ def as_encoder_outputs(states: torch.Tensor | None):
 
 @torch.no_grad()
 def encoder_states(lm, queries: Queries, chunk_size: int) -> torch.Tensor:
-    """[B, S, d] encoder outputs of ``lm``, computed in chunks of prompts of similar length, each
-    cut to its longest prompt, so no work is spent on padding. Padding positions stay 0 (the
-    decoder's cross-attention masks them out)."""
+    """[B, S, d] encoder outputs of ``lm``, computed in chunks of ``chunk_size`` prompts of similar
+    length, each cut to its longest prompt, so little work is spent on padding. Positions past a
+    chunk's longest prompt stay 0; the decoder's cross-attention masks every padding position out."""
     lengths = queries.attention_mask.sum(-1)
     encoder, states = lm.get_encoder(), None
     for idx in torch.argsort(lengths, stable=True).split(chunk_size):
@@ -164,6 +164,8 @@ def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: in
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
+    if states is None and n > 1:  # encode each prompt once, not once per sample
+        states = lm.get_encoder()(input_ids=queries.input_ids, attention_mask=queries.attention_mask).last_hidden_state
     queries, states = repeat_rows(queries, states, n)
     # sampling as greedy search over Gumbel-perturbed logits (GumbelMax), no top-k / top-p
     gen = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,

@@ -1,6 +1,13 @@
 import pytest
 
-from rlhf.metrics import rouge, rouge_per_prediction, sentence_lines
+from rlhf.metrics import (
+    binary_classification,
+    expected_calibration_error,
+    roc_auc,
+    rouge,
+    rouge_per_prediction,
+    sentence_lines,
+)
 
 
 def test_rouge_lsum_scores_sentences_so_it_differs_from_rouge_l_on_reordered_ones():
@@ -17,3 +24,16 @@ def test_several_references_give_the_mean_of_their_scores():
     both = rouge_per_prediction(["the cat sat"], [["the cat sat", "a dog ran"]])[0]["rougeL"]
     assert both == pytest.approx((one + other) / 2) and one == pytest.approx(1.0)
     assert rouge([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeLsum": 0.0}
+
+
+def test_classification_metrics_known_values():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
+    # all predicted toxic with confidence 0.9, half right: |0.5 - 0.9| = 0.4
+    assert expected_calibration_error([1, 0], [0.9, 0.9]) == pytest.approx(0.4)
+    m = binary_classification([1, 1, 0, 0], [0.9, 0.2, 0.6, 0.1])
+    assert m["confusion_matrix"]["rows_true_cols_pred"] == [[1, 1], [1, 1]]
+    assert m["accuracy"] == m["precision"] == m["recall"] == m["f1"] == 0.5
+
+

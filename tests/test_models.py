@@ -1,10 +1,13 @@
 import copy
 
+import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.activations import GELUTanh
 
-from rlhf.models import fuse_gelu
+from rlhf.config import LoraConfig, ModelConfig
+from rlhf.errors import UserError
+from rlhf.models import apply_lora, count_parameters, fuse_gelu, load_seq2seq
 
 
 def test_fuse_gelu_swaps_every_gated_gelu_and_keeps_outputs_and_gradients():
@@ -47,3 +50,38 @@ def test_fp32_output_layer_gives_fp32_logits_under_bf16_autocast_and_changes_not
     hidden_error = (kept - exact).abs().max()  # only the decoder's bf16 rounding, not the logits'
     assert hidden_error < (rounded.float() - exact).abs().max()
     assert copy.deepcopy(patched).lm_head.__class__ is patched.lm_head.__class__  # a full policy's reference copy
+
+
+def test_lora_count_matches_flan_t5_base_formula():
+    # flan-t5-base shape, built on the meta device: no download, no memory
+    config = T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+                      feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config)
+        # transformers 5 ties lm_head to the embeddings when building T5 from a config; the
+        # flan-t5-base checkpoint has its own lm_head (from_pretrained unties it), so untie here too.
+        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+    counts = count_parameters(apply_lora(model, LoraConfig(r=32, alpha=32, target_modules=["q", "v"])))
+    # 2 targets x r x (d_in + d_out) x (12 encoder self + 12 decoder self + 12 decoder cross attentions)
+    assert counts["trainable_params"] == 2 * 32 * (768 + 768) * 36 == 3_538_944
+    assert counts["total_params"] == 251_116_800
+    assert round(counts["trainable_pct"], 2) == 1.41
+
+
+def test_lora_target_modules_missing_lists_candidates():
+    model = T5ForConditionalGeneration(T5Config(d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, vocab_size=50))
+    with pytest.raises(UserError, match=r"\['query'\] are not in the model; it has Linear modules: .*\bq\b.*\bwo\b"):
+        apply_lora(model, LoraConfig(target_modules=["q", "query"]))
+
+
+def test_not_seq2seq_and_missing_model_paths(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=8).save_pretrained(tmp_path / "bert")
+    with pytest.raises(UserError, match="is a bert model, not a seq2seq"):
+        load_seq2seq(ModelConfig(name=str(tmp_path / "bert")))
+    with pytest.raises(UserError, match="model path does not exist"):
+        load_seq2seq(ModelConfig(name=str(tmp_path / "nothing")))
+
+

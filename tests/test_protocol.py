@@ -3,8 +3,18 @@ import math
 import pytest
 
 from rlhf.config import QualityBounds
-from rlhf.protocol import (VERDICTS, distinct_n, has_ngram_loop, is_faithful, paired_figure, perplexity,
-                           quality_problems, summarize, toxicity_figures, verdict)
+from rlhf.protocol import (
+    VERDICTS,
+    distinct_n,
+    has_ngram_loop,
+    is_faithful,
+    paired_figure,
+    perplexity,
+    quality_problems,
+    summarize,
+    toxicity_figures,
+    verdict,
+)
 
 
 def test_expected_maximum_toxicity_and_toxicity_probability_by_hand():

@@ -1,47 +1,19 @@
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipelines import reward as reward_stage
 from rlhf.cli import main as cli_main
-from rlhf.config import RewardDataConfig, config_from_dict, load_config
+from rlhf.config import RewardDataConfig, load_config
 from rlhf.errors import UserError
-from rlhf.metrics import binary_classification, expected_calibration_error, roc_auc
 from rlhf.reward import RewardScorer, class_weights, label_index, load_classifier, load_labelled, scored_texts
-from rlhf.tinyworld.build import resolve_tinyworld
 
-from .conftest import small_raw, write_jsonl
-
-REWARD = {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 6, "batch_size": 16,
-          "eval_steps": 10, "data": {"source": "tinyworld"}}
+from .conftest import write_jsonl
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reward")
-    config = resolve_tinyworld(config_from_dict(small_raw(tmp, reward=REWARD)), log=lambda *_: None)
-    return config, reward_stage.main(config)
-
-
-def test_reward_stage_trains_and_reports(trained):
-    config, metrics = trained
-    folder = config.run_dir / "reward"
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece", "confusion_matrix"):
-        assert key in metrics
-    saved = json.loads((folder / "metrics.json").read_text())
-    assert saved["roc_auc"] == metrics["roc_auc"] and saved["roc_auc"] > 0.5
-    model, _ = load_classifier(str(folder / "model"))
-    assert model.config.id2label == {0: "non-toxic", 1: "toxic"}
-    text = (folder / "results.md").read_text()
-    assert "Confusion matrix" in text and "Most confidently wrong" in text
-    assert not (folder / "checkpoints").exists()
-
-
-def test_a_classifier_built_to_train_starts_from_its_seed_whatever_ran_before(trained):
-    config, _ = trained
+def test_a_classifier_built_to_train_starts_from_its_seed_whatever_ran_before(trained_reward):
+    config, _ = trained_reward
     name = config.reward.model  # the tiny world's encoder config, resolved
 
     def build(before: int, seed: int) -> tuple[dict, float]:
@@ -62,8 +34,8 @@ def _next_after_seed(seed: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def scorer(trained):
-    config, _ = trained
+def scorer(trained_reward):
+    config, _ = trained_reward
     model, tok = load_classifier(str(config.run_dir / "reward" / "model"))
     return RewardScorer(model, tok, "non-toxic", batch_size=3)  # reward = log p(non-toxic), as reward.output's default
 
@@ -192,28 +164,8 @@ def test_pickled_weights_are_refused_beside_a_stray_safetensors_file(tmp_path, m
     with pytest.raises(UserError, match="reward model"):  # and from_pretrained itself reads safetensors only
         load_classifier(str(folder))
 
-def test_cli_pretrained_missing_label_exits_2(trained, tmp_path, capsys):
-    import yaml
-
-    from rlhf.cli import main
-
-    config, _ = trained
-    raw = small_raw(tmp_path, reward={"pretrained": str(config.run_dir / "reward" / "model"),
-                                      "non_toxic_label": "nothate"})
-    (tmp_path / "e.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["reward", str(tmp_path / "e.yaml")]) == 2
-    assert "do not include the non-toxic label 'nothate'" in capsys.readouterr().err
 
 
-def test_classification_metrics_known_values():
-    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
-    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
-    # all predicted toxic with confidence 0.9, half right: |0.5 - 0.9| = 0.4
-    assert expected_calibration_error([1, 0], [0.9, 0.9]) == pytest.approx(0.4)
-    m = binary_classification([1, 1, 0, 0], [0.9, 0.2, 0.6, 0.1])
-    assert m["confusion_matrix"]["rows_true_cols_pred"] == [[1, 1], [1, 1]]
-    assert m["accuracy"] == m["precision"] == m["recall"] == m["f1"] == 0.5
 
 
 def test_class_weights_balance():

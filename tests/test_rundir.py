@@ -2,7 +2,6 @@ import json
 
 import pytest
 
-from rlhf.artifacts import atomic_dir, atomic_write_json
 from rlhf.errors import UserError
 from rlhf.rundir import MANIFEST, is_finished, require_stage, start_stage
 
@@ -42,21 +41,8 @@ def test_require_stage_refuses_artifacts_of_other_settings(small_config):
         require_stage(_with(small_config, "sft", lora=lora), "sft", needed_by="ppo")
 
 
-def test_atomic_writes_leave_no_temp_files(tmp_path):
-    atomic_write_json(tmp_path / "a.json", {"a": 1})
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
-def test_atomic_dir_keeps_old_folder_on_failure(tmp_path):
-    target = tmp_path / "model"
-    with atomic_dir(target) as tmp:
-        (tmp / "weights").write_text("good")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "weights").write_text("half")
-            raise RuntimeError("killed")
-    assert (target / "weights").read_text() == "good"
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 def _with(config, section, **values):

@@ -16,29 +16,8 @@ def test_flush_denormals_turns_subnormal_results_to_zero():
         flush_denormals()
 
 
-def test_cli_flushes_denormals_unless_opted_out(monkeypatch, capsys):
-    from rlhf.cli import main
-
-    try:
-        monkeypatch.setenv("RLHF_FLUSH_DENORMALS", "0")
-        flush_denormals(False)
-        assert main(["estimate"]) == 2  # usage error, after the flag was read
-        assert not denormals_flushed()
-        monkeypatch.delenv("RLHF_FLUSH_DENORMALS")
-        assert main(["estimate"]) == 2
-        assert denormals_flushed()
-    finally:
-        flush_denormals()
-    capsys.readouterr()
 
 
-def test_cli_rejects_a_bad_flush_denormals_value(monkeypatch, capsys):
-    from rlhf.cli import main
-
-    monkeypatch.setenv("RLHF_FLUSH_DENORMALS", "yes")
-    assert main(["estimate"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "RLHF_FLUSH_DENORMALS: 'yes' is not 0 or 1" in err
 
 
 def test_known_transformers_log_lines_are_dropped_and_others_kept():

@@ -1,5 +1,5 @@
 """Run under ``torchrun --nproc_per_node 2``: PPO steps (with PPO-ptx) on two CPU ranks (gloo); each rank
-writes what it generated for, a digest of its weights and what it drew, for tests/ppo/test_multiprocess.py."""
+writes what it generated for, a digest of its weights and what it drew, for tests/ppo/test_trainer.py (the two-process test)."""
 
 import dataclasses
 import hashlib
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from rlhf.ppo import core
-from tests.ppo.test_trainer import make
+from tests.ppo.conftest import make
 
 
 def whitens_as_one_process(accelerator) -> bool:

@@ -14,7 +14,7 @@ from rlhf.errors import UserError
 from rlhf.ppo.checkpoint import find_resumable, read_checkpoint
 from rlhf.ppo.trainer import NonFiniteError
 
-from .test_trainer import make
+from .conftest import make
 
 
 def trained(folder, steps=2, **ppo):

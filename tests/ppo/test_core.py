@@ -4,8 +4,6 @@ import pytest
 import torch
 
 from rlhf.ppo import core
-from rlhf.ppo.kl import AdaptiveKLController, FixedKLController
-from rlhf.seq2seq import decoder_inputs, entropy_from_logits, logprobs_from_logits, response_mask_from
 
 MASK = torch.tensor([[True, True, True], [True, True, False]])
 
@@ -80,17 +78,8 @@ def test_rewards_put_score_on_last_real_token():
     torch.testing.assert_close(rewards, torch.tensor([[-0.5, 0.0, 10.0 - 0.25], [0.0, 20.0 - 1.0, 0.0]]))
 
 
-def test_response_mask_ends_at_first_eos():
-    eos = 1
-    responses = torch.tensor([[5, 6, 1, 0, 0], [5, 1, 7, 1, 0], [5, 6, 7, 8, 9], [1, 0, 0, 0, 0]])
-    mask = response_mask_from(responses, eos)
-    assert mask.tolist() == [[True, True, True, False, False], [True, True, False, False, False],
-                             [True] * 5, [True, False, False, False, False]]
-    assert core.last_token_index(mask).tolist() == [2, 1, 4, 0]
 
 
-def test_decoder_inputs_shift_in_the_start_token():
-    assert decoder_inputs(torch.tensor([[5, 6, 1]]), 0).tolist() == [[0, 5, 6]]
 
 
 def test_policy_loss_clipping():
@@ -119,60 +108,13 @@ def test_value_loss_clipping():
     assert stats["clipfrac"] == 0.5
 
 
-def test_fixed_kl_controller():
-    ctl = FixedKLController(0.3)
-    assert ctl.update(100.0, 16) == 0.3
 
 
-def test_adaptive_kl_controller_by_hand():
-    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
-    # KL 12: error clipped to 0.2 -> 0.2 * (1 + 0.2 * 16 / 10000)
-    assert ctl.update(12.0, 16) == pytest.approx(0.2 * (1 + 0.2 * 16 / 10000))
-    ctl = AdaptiveKLController(0.2, target=6.0, horizon=100)
-    assert ctl.update(5.4, 10) == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
-    assert ctl.update(6.0, 10) == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
 
 
-def test_minibatches_cover_the_batch_once():
-    from rlhf.ppo.trainer import mini_batches
-
-    torch.manual_seed(0)
-    lengths = torch.tensor([5, 90, 7, 88, 6, 91, 8, 89])
-    for bucket in (False, True):
-        parts = mini_batches(lengths, 2, bucket)
-        assert sorted(torch.cat(parts).tolist()) == list(range(8)) and all(len(p) == 2 for p in parts)
-    bucketed = mini_batches(lengths, 4, True)
-    assert sorted(sorted(lengths[p].tolist()) for p in bucketed) == [[5, 6, 7, 8], [88, 89, 90, 91]]
 
 
-def test_logprobs_and_entropy_match_the_definitions():
-    """Wide logits (a spread past exp's underflow) against the textbook formulas in float64."""
-    torch.manual_seed(0)
-    logits, tokens = torch.randn(2, 5, 300) * 40, torch.randint(0, 300, (2, 5))
-    ref = logits.double().log_softmax(-1)
-    expected_lp = ref.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(logprobs_from_logits(logits, tokens).double(), expected_lp, rtol=0, atol=1e-4)
-    expected_ent = -(ref.exp() * ref).sum(-1)
-    torch.testing.assert_close(entropy_from_logits(logits).double(), expected_ent, rtol=0, atol=1e-4)
 
 
-def test_logprobs_gradient_is_softmax_minus_onehot():
-    logits = torch.randn(1, 1, 7, requires_grad=True)
-    logprobs_from_logits(logits, torch.tensor([[3]])).sum().backward()
-    expected = -logits.detach().softmax(-1)
-    expected[0, 0, 3] += 1
-    torch.testing.assert_close(logits.grad, expected)
 
 
-def test_gumbel_max_samples_from_the_softmax():
-    from rlhf.seq2seq import GumbelMax
-
-    torch.manual_seed(0)
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]])
-    n = 40_000
-    picks = GumbelMax()(None, logits.expand(n, -1)).argmax(-1)
-    freq = torch.bincount(picks, minlength=5).float() / n
-    expected = logits.softmax(-1)[0]
-    assert freq[4] == 0  # a banned token (-inf) is never drawn
-    # 5 standard errors at n = 40k is below 0.012 for every probability
-    torch.testing.assert_close(freq, expected, atol=0.012, rtol=0)

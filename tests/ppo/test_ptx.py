@@ -6,7 +6,7 @@ from rlhf.ppo import core
 from rlhf.ppo.ptx import PtxPairs, pad_cat, ptx_pairs
 from rlhf.seq2seq import decoder_inputs
 
-from .test_trainer import WordCountScorer, make
+from .conftest import WordCountScorer, make
 
 
 def test_sft_loss_is_the_mean_nll_of_real_target_tokens_only():

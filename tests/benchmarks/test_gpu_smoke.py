@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks import gpu_smoke
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_smoke.sh"
 
 

@@ -4,15 +4,14 @@ import pytest
 import yaml
 
 from pipelines import ppo as ppo_stage
-from pipelines import reward as reward_stage
-from pipelines import sft as sft_stage
 from rlhf.cli import main as cli_main
 from rlhf.config import config_from_dict
 from rlhf.errors import UserError
 from rlhf.tinyworld.build import resolve_tinyworld
 
 from ..conftest import SMALL_STAGES as RAW
-from ..conftest import small_raw
+from ..conftest import copy_run, small_raw
+
 
 def config_for(tmp_path):
     return resolve_tinyworld(config_from_dict(small_raw(tmp_path)), log=lambda *_: None)
@@ -23,14 +22,13 @@ def test_ppo_needs_sft_and_reward_first(tmp_path):
         ppo_stage.main(config_for(tmp_path))
 
 
-def test_ppo_stage_end_to_end(tmp_path):
-    config = config_for(tmp_path)
-    sft_stage.main(config)
-    reward_stage.main(config)
-    metrics = ppo_stage.main(config)
-    folder = config.run_dir / "ppo"
-    for key in ("greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "steps", "seconds"):
-        assert key in metrics
+def test_ppo_stage_end_to_end(finished_run, tmp_path):
+    folder = finished_run.run_dir / "ppo"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["kl_mean_final"] == pytest.approx(json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])[
+        "objective/kl"]) and metrics["seconds"] > 0
     assert metrics["steps"] == 3
     assert metrics["peak_memory_mb"] > metrics["memory_before_models_mb"] > 0
     log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
@@ -46,10 +44,11 @@ def test_ppo_stage_end_to_end(tmp_path):
     PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(folder / "policy_base")), str(folder / "policy"))
 
     # resume: a finished stage is skipped; with --force --resume it continues from the last checkpoint
+    moved = copy_run(finished_run, tmp_path)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(small_raw(tmp_path, **{**RAW, "ppo": {**RAW["ppo"], "steps": 4}})))
     assert cli_main(["ppo", str(path), "--force", "--resume"]) == 0
-    log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    log = [json.loads(line) for line in (moved.run_dir / "ppo" / "metrics.jsonl").open()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]
 
 

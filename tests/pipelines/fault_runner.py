@@ -1,5 +1,5 @@
 """Run the ``rlhf`` CLI in a process that kills itself with SIGKILL at a chosen point (a crash, a
-power cut, the OOM killer): ``python tests/fault_runner.py FAULT N rlhf-args...``.
+power cut, the OOM killer): ``python tests/pipelines/fault_runner.py FAULT N rlhf-args...``.
 
 FAULT names the call to die in and N which call of it; see :data:`FAULTS`. Used by test_faults.py.
 """

@@ -1,7 +1,7 @@
 """kill -9 at a random point of a PPO or SFT run (mid-step, during a checkpoint write), then
 ``--resume``: the final adapter, value head and metrics equal a straight run's.
 
-The runs are child processes (``tests/fault_runner.py`` makes them SIGKILL themselves at the N-th
+The runs are child processes (``tests/pipelines/fault_runner.py`` makes them SIGKILL themselves at the N-th
 call of a chosen function). N is drawn at random; set RLHF_FAULT_SEED to replay a draw.
 """
 
@@ -25,9 +25,9 @@ from pipelines import sft as sft_stage
 from rlhf.config import config_from_dict
 from rlhf.tinyworld.build import resolve_tinyworld
 
-from .conftest import SMALL_STAGES, small_raw
+from ..conftest import SMALL_STAGES, small_raw
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = os.environ.get("RLHF_FAULT_SEED") or str(random.randrange(10**6))
 PPO = {**SMALL_STAGES["ppo"], "steps": 4, "save_steps": 2, "sample_steps": 2}  # 2 mini-batches a step
 SFT = {**SMALL_STAGES["sft"], "max_steps": 6}  # checkpoints at steps 2, 4, 6
@@ -43,7 +43,7 @@ def experiment(folder: Path) -> str:
 
 def rlhf(*args: str, fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    runner = [str(ROOT / "tests" / "fault_runner.py"), fault[0], str(fault[1])] if fault else ["-m", "rlhf.cli"]
+    runner = [str(ROOT / "tests" / "pipelines" / "fault_runner.py"), fault[0], str(fault[1])] if fault else ["-m", "rlhf.cli"]
     return subprocess.run([sys.executable, *runner, *args], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=600)
 

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import smoke_lab, standins
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TEST_ROW = {"fname": "test_7", "dialogue": "#Person1#: Hi.\n#Person2#: Hello.", "summary1": "They greet.",
             "topic1": "greeting", "summary2": "Two people say hello.", "topic2": "hello",

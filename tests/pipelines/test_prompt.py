@@ -1,14 +1,11 @@
 import csv
 import json
-import subprocess
-import sys
 
 import yaml
 
 from pipelines import prompt
-from rlhf.cli import main as cli_main
 
-from .conftest import small_raw
+from ..conftest import small_raw
 
 
 def test_prompt_stage_smoke(small_config):
@@ -32,23 +29,8 @@ def test_prompt_stage_smoke(small_config):
     assert resolved["model"]["name"].endswith("base_model")  # tinyworld resolved to a real path
 
 
-def test_cli_runs_stage_then_skips_it(tmp_path, capsys):
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(small_raw(tmp_path, prompt={"settings": [{"name": "greedy"}]})))
-    assert cli_main(["prompt", str(path), "prompt.n_dialogues=3"]) == 0
-    assert cli_main(["prompt", str(path), "prompt.n_dialogues=3"]) == 0
-    assert "already finished" in capsys.readouterr().out
-    assert cli_main(["prompt", str(path)]) == 2  # a finished stage with other settings is not skipped
-    assert "prompt.n_dialogues: 3 -> 6" in capsys.readouterr().err
-    assert cli_main(["run", str(path), "--force"]) == 0
 
 
-def test_python_dash_m_with_bad_config_exits_2(tmp_path):
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(small_raw(tmp_path, data={"source": str(tmp_path / "missing.jsonl")})))
-    out = subprocess.run([sys.executable, "-m", "pipelines.prompt", str(path)], capture_output=True, text=True)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"error: data source not found: {tmp_path / 'missing.jsonl'}"]
 
 
 def test_rows_hold_what_their_prompts_really_hold(tmp_path):

@@ -63,7 +63,7 @@ def random_flan_t5_small():
 def tokenizer_and_prompts(tokenizer_dir: str | None, prompts_file: str | None, n: int):
     from transformers import AutoTokenizer
 
-    from rlhf.data import format_prompt
+    from rlhf.prompts import format_prompt
     from rlhf.tinyworld.corpus import make_corpus
     from rlhf.tinyworld.tokenizer import save_tokenizer, train_tokenizer
 

@@ -13,11 +13,12 @@ import sys
 
 from rlhf.artifacts import atomic_write_jsonl
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import fit_prompts, load_eval_dialogues
+from rlhf.data import load_eval_dialogues
 from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.judges import load_judges
 from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.prompts import fit_prompts
 from rlhf.protocol import REWARD_MODEL, SIDES, sequence_kl, summarize
 from rlhf.report import build_report
 from rlhf.reward import load_scorer, scored_texts
@@ -26,6 +27,7 @@ from rlhf.runtime import autocast
 from rlhf.seq2seq import reference, response_nll, text_logprobs
 from rlhf.sft import start_paths
 from rlhf.tinyworld.build import resolve_tinyworld
+
 
 def load_pair(config: ExperimentConfig, ppo_dir):
     """(after LM, frozen before LM or None) from the PPO stage's saved artifacts. None means the

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from rlhf.artifacts import atomic_dir, atomic_write_text
 from rlhf.checkpoints import clean_stray
 from rlhf.config import ExperimentConfig, to_dict
-from rlhf.data import fit_prompts, group_dialogues, load_splits, toxic_flags
+from rlhf.data import group_dialogues, load_splits, toxic_flags
 from rlhf.entrypoint import stage_command
 from rlhf.models import load_tokenizer
 from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
@@ -21,6 +21,7 @@ from rlhf.ppo.model import build_policy
 from rlhf.ppo.ptx import ptx_pairs
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.progress import Progress
+from rlhf.prompts import fit_prompts
 from rlhf.reward import load_scorer
 from rlhf.rundir import keep_or_discard, require_stage, stage_dir, start_stage
 from rlhf.runtime import PeakRss, precision_note, rss_mib, use_cpu

@@ -7,11 +7,12 @@ import sys
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_json, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig
-from rlhf.data import build_prompts, group_dialogues, load_splits
+from rlhf.data import group_dialogues, load_splits
 from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.prompts import build_prompts
 from rlhf.rundir import start_stage
 from rlhf.tinyworld.build import resolve_tinyworld
 

@@ -8,15 +8,24 @@ from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import fit_prompts, group_dialogues, load_splits
+from rlhf.data import group_dialogues, load_splits
 from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.metrics import mean_words, rouge
 from rlhf.models import check_lora_targets, count_parameters, load_seq2seq, load_tokenizer
-from rlhf.rundir import keep_or_discard, stage_dir as stage_folder, start_stage
+from rlhf.prompts import fit_prompts
+from rlhf.rundir import keep_or_discard, start_stage
+from rlhf.rundir import stage_dir as stage_folder
 from rlhf.runtime import use_cpu
-from rlhf.sft import (check_record, finished_variant, leftovers, load_variant, prepare_model, tokenize_split,
-                      train_variant)
+from rlhf.sft import (
+    check_record,
+    finished_variant,
+    leftovers,
+    load_variant,
+    prepare_model,
+    tokenize_split,
+    train_variant,
+)
 from rlhf.tinyworld.build import resolve_tinyworld
 
 COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", "mean_words", "trainable_params",

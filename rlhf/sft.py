@@ -13,10 +13,10 @@ from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text, rea
 from rlhf.checkpoints import CheckpointError, numbered, read_json_state, read_safetensors, read_torch, require_files
 from rlhf.config import ExperimentConfig, SftVariant, config_from_dict, to_dict, to_yaml
 from rlhf.configdiff import resume_changes
-from rlhf.data import fit_prompts
 from rlhf.errors import UserError
 from rlhf.models import apply_lora, count_parameters
 from rlhf.progress import quiet_trainer, trainer_callback
+from rlhf.prompts import fit_prompts
 from rlhf.runtime import PeakRss, precision_note, use_cpu
 
 # What an SFT resume may change: how long to train (sft.max_steps / sft.epochs: the Trainer builds

@@ -157,5 +157,3 @@ def trained_reward(tmp_path_factory):
 
     config = resolve_tinyworld(config_from_dict(small_raw(tmp_path_factory.mktemp("reward"), reward=REWARD)), log=quiet)
     return config, reward.main(config)
-
-

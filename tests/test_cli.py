@@ -325,10 +325,6 @@ def test_a_bad_setting_under_force_keeps_a_finished_ppo_and_its_checkpoints(tmp_
     assert step.is_dir() and (tmp_path / "runs" / "t" / "ppo" / "manifest.json").is_file()
 
 
-
-
-
-
 def test_run_without_reward_data_fails_before_any_stage(tmp_path, capsys):
     import yaml
 
@@ -369,8 +365,6 @@ def test_cli_usage_errors_exit_2_with_one_line(argv, message, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
-
-
 
 
 @pytest.mark.parametrize("command, shows", [

@@ -9,8 +9,6 @@ from .conftest import write
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_repo_config_loads_and_validates(path, tmp_path):
     config = load_config(path)
@@ -27,34 +25,6 @@ def test_defaults(tmp_path):
     assert config.run_dir == Path("runs") / "exp"
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 ACCELERATE = sorted((Path(__file__).resolve().parents[1] / "configs" / "accelerate").glob("*.yaml"))
 
 
@@ -66,18 +36,6 @@ def test_accelerate_configs_load(path):
     assert cfg.num_processes > 1 and cfg.mixed_precision == "bf16"
 
 
-
-
 def test_output_dir_expands_home_and_run_name_stays_inside(tmp_path):
     config = load_config(write(tmp_path, {"seed": 1}), ["output_dir=~/runs"])
     assert config.output_dir == str(Path.home() / "runs") and config.run_dir == Path.home() / "runs" / "exp"
-
-
-
-
-
-
-
-
-
-

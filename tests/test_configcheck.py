@@ -1,4 +1,3 @@
-
 import dataclasses
 
 import pytest
@@ -36,8 +35,6 @@ def test_every_process_runs_as_many_passes_and_accumulation_ends_in_the_update()
         check_update_plan(cfg(gradient_accumulation_steps=3), 1)
     with pytest.raises(UserError, match=r"^config key 'ppo.target_kl': an early stop"):
         check_update_plan(cfg(gradient_accumulation_steps=2, target_kl=0.1), 1)
-
-
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -1,4 +1,3 @@
-
 from typing import Literal, Optional, Union
 
 import pytest
@@ -32,8 +31,6 @@ from .conftest import write
 def test_empty_prompt_lists_are_refused(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
         load_config(write(tmp_path, {"seed": 1}), [override])
-
-
 
 
 @pytest.mark.parametrize("check, value, message", [

@@ -1,4 +1,3 @@
-
 import pytest
 
 from rlhf.config import load_config
@@ -123,5 +122,3 @@ def test_a_config_file_that_is_not_utf8_names_file_line_and_byte(tmp_path):
     path.write_bytes(b"seed: 1\nrun_name: caf\xe9\n")
     with pytest.raises(UserError, match=r"latin1.yaml is not valid UTF-8 \(line 2, byte offset 21: 0xe9\)"):
         load_config(path)
-
-

@@ -81,8 +81,6 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
         cli_main(["prompt", "x.yaml"])
 
 
-
-
 def test_run_stage_skips_a_finished_stage_and_says_when_resume_does_not_apply(small_config, capsys):
     from rlhf.entrypoint import run_stage
     from rlhf.rundir import start_stage

@@ -35,5 +35,3 @@ def test_classification_metrics_known_values():
     m = binary_classification([1, 1, 0, 0], [0.9, 0.2, 0.6, 0.1])
     assert m["confusion_matrix"]["rows_true_cols_pred"] == [[1, 1], [1, 1]]
     assert m["accuracy"] == m["precision"] == m["recall"] == m["f1"] == 0.5
-
-

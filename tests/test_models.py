@@ -83,5 +83,3 @@ def test_not_seq2seq_and_missing_model_paths(tmp_path):
         load_seq2seq(ModelConfig(name=str(tmp_path / "bert")))
     with pytest.raises(UserError, match="model path does not exist"):
         load_seq2seq(ModelConfig(name=str(tmp_path / "nothing")))
-
-

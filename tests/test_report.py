@@ -65,8 +65,6 @@ def test_report_names_the_missing_stage(finished_run, tmp_path, capsys):
     assert "rlhf evaluate CONFIG" in capsys.readouterr().err
 
 
-
-
 def test_headline_leads_with_the_figure_the_verdict_was_decided_on(finished_run):
     ev = json.loads((finished_run.run_dir / "evaluate" / "metrics.json").read_text())
     h = headline(ev)

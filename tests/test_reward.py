@@ -120,7 +120,6 @@ def test_model_that_is_not_a_classifier(tmp_path):
         load_classifier(str(tmp_path / "t5"))
 
 
-
 def test_a_fraction_that_leaves_a_reward_split_empty_names_source_split_and_key(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(5)])
     with pytest.raises(UserError, match=rf"reward data {src}: cutting the 'test' split from 5 'train' rows with "
@@ -163,9 +162,6 @@ def test_pickled_weights_are_refused_beside_a_stray_safetensors_file(tmp_path, m
     monkeypatch.setattr(rlhf.reward, "_check_local_classifier", lambda *a: None)
     with pytest.raises(UserError, match="reward model"):  # and from_pretrained itself reads safetensors only
         load_classifier(str(folder))
-
-
-
 
 
 def test_class_weights_balance():

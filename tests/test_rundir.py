@@ -41,10 +41,6 @@ def test_require_stage_refuses_artifacts_of_other_settings(small_config):
         require_stage(_with(small_config, "sft", lora=lora), "sft", needed_by="ppo")
 
 
-
-
-
-
 def _with(config, section, **values):
     import dataclasses
 

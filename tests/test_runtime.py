@@ -16,10 +16,6 @@ def test_flush_denormals_turns_subnormal_results_to_zero():
         flush_denormals()
 
 
-
-
-
-
 def test_known_transformers_log_lines_are_dropped_and_others_kept():
     import logging
 

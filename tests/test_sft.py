@@ -3,9 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from rlhf.data import format_prompt, load_splits
+from rlhf.data import load_splits
 from rlhf.errors import UserError
 from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.prompts import format_prompt
 from rlhf.sft import prepare_model, tokenize_split, train_variant
 
 from .conftest import SFT, Interrupt, sft_config, stop_at
@@ -27,14 +28,6 @@ def test_over_long_prompts_keep_the_template_ending(tmp_path):
     fits = tokenize_split(train, tokenizer, "summarize", 256, 32)  # prompts that fit: untouched
     assert fits["input_ids"] == tokenizer([format_prompt(d, "summarize") for d in train["dialogue"]]).input_ids
     assert count_shortened(fits) == 0 and fit_prompts(train["dialogue"], "summarize", tokenizer, 256)[1] == [False] * 8
-
-
-
-
-
-
-
-
 
 
 def test_resume_falls_back_past_a_broken_checkpoint_and_checks_settings(tmp_path, capsys):

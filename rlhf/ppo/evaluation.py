@@ -5,9 +5,10 @@ from __future__ import annotations
 from statistics import mean
 
 from rlhf.config import ExperimentConfig, GenerationSetting
-from rlhf.data import EvalDialogue, fit_prompts
+from rlhf.data import EvalDialogue
 from rlhf.generation import generate
 from rlhf.metrics import rouge
+from rlhf.prompts import fit_prompts
 from rlhf.reward import scored_texts
 from rlhf.seq2seq import reference
 

@@ -26,8 +26,8 @@ from transformers import AutoTokenizer, BertConfig, T5ForConditionalGeneration
 
 from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text
 from rlhf.config import TinyWorldConfig
-from rlhf.data import TEMPLATES
 from rlhf.errors import UserError
+from rlhf.prompts import TEMPLATES
 from rlhf.runtime import denormals_flushed
 from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
 from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config

@@ -51,12 +51,6 @@ def test_evaluate_and_report(finished_run):
     assert all(r["stratum"] in ("toxic", "non-toxic") and r["key_facts"] for r in records)
 
 
-
-
-
-
-
-
 def test_evaluation_without_the_judge(finished_run, tmp_path, monkeypatch):
     def missing():
         raise ImportError("no module named profanity_check")
@@ -84,5 +78,3 @@ def test_cli_run_prints_headline(tmp_path, capsys):
     assert cli_main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "report:" in out and "verdict:" in out and "greedy mean toxicity (judge profanity_check)" in out
-
-

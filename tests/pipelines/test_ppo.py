@@ -53,8 +53,8 @@ def test_ppo_stage_end_to_end(finished_run, tmp_path):
 
 
 def test_long_training_prompts_are_shortened_inside_the_template_and_reported(tmp_path):
-    from rlhf.data import fit_prompts
     from rlhf.models import load_tokenizer
+    from rlhf.prompts import fit_prompts
 
     tokenizer = load_tokenizer(config_for(tmp_path).model)
     dialogues = ["#Person1#: hi there, how are you today? #Person2#: fine, thanks, and you? " * 4, "hi"]

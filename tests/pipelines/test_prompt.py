@@ -29,10 +29,6 @@ def test_prompt_stage_smoke(small_config):
     assert resolved["model"]["name"].endswith("base_model")  # tinyworld resolved to a real path
 
 
-
-
-
-
 def test_rows_hold_what_their_prompts_really_hold(tmp_path):
     """A 2-shot request whose prompts cannot all hold two examples: those prompts get their own rows."""
     raw = small_raw(tmp_path, prompt={"shots": [2], "settings": [{"name": "greedy"}]},

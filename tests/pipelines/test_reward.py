@@ -34,5 +34,3 @@ def test_cli_pretrained_missing_label_exits_2(trained_reward, tmp_path, capsys):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(raw))
     assert main(["reward", str(tmp_path / "e.yaml")]) == 2
     assert "do not include the non-toxic label 'nothate'" in capsys.readouterr().err
-
-

@@ -5,9 +5,10 @@ import torch
 
 from pipelines import sft as sft_stage
 from rlhf.config import GenerationSetting, SftVariant
-from rlhf.data import format_prompt, load_splits
+from rlhf.data import load_splits
 from rlhf.generation import generate
 from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.prompts import format_prompt
 from rlhf.sft import load_variant, prepare_model, tokenize_split, train_variant
 
 from ..conftest import SFT, Interrupt, sft_config, small_raw, stop_at
@@ -88,5 +89,3 @@ def test_sft_under_torchrun_two_processes(tmp_path):
     folder = tmp_path / "runs" / "t" / "sft"
     assert json.loads((folder / "lora" / "train_metrics.json").read_text())["world_size"] == 2
     assert (folder / "manifest.json").is_file() and (folder / "lora" / "adapter" / "adapter_config.json").is_file()
-
-

@@ -2,11 +2,12 @@
 import torch
 
 from rlhf.config import config_from_dict
-from rlhf.data import format_prompt, load_splits, toxic_flags
+from rlhf.data import load_splits, toxic_flags
 from rlhf.models import load_tokenizer
 from rlhf.ppo.model import build_policy
 from rlhf.ppo.ptx import ptx_pairs
 from rlhf.ppo.trainer import PPOTrainer
+from rlhf.prompts import format_prompt
 from rlhf.tinyworld.build import resolve_tinyworld
 
 from ..conftest import small_raw
@@ -41,5 +42,3 @@ def make(tmp_path, scorer=None, with_ptx=True, **ppo):
     trainer = PPOTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.ppo, seed=config.seed,
                          max_input_length=256, toxic=flags if config.ppo.toxic_share else None, ptx=ptx)
     return trainer, config
-
-

@@ -78,10 +78,6 @@ def test_rewards_put_score_on_last_real_token():
     torch.testing.assert_close(rewards, torch.tensor([[-0.5, 0.0, 10.0 - 0.25], [0.0, 20.0 - 1.0, 0.0]]))
 
 
-
-
-
-
 def test_policy_loss_clipping():
     old = torch.zeros(1, 2)
     adv = torch.tensor([[1.0, -1.0]])
@@ -106,15 +102,3 @@ def test_value_loss_clipping():
     # token 0: max((0.5-1)^2, (0.2-1)^2) = 0.64; token 1: max((2-1)^2, (0.2-1)^2) = 1.0
     torch.testing.assert_close(loss, torch.tensor(0.5 * (0.64 + 1.0) / 2))
     assert stats["clipfrac"] == 0.5
-
-
-
-
-
-
-
-
-
-
-
-

@@ -1,4 +1,3 @@
-
 import pytest
 
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController
@@ -16,5 +15,3 @@ def test_adaptive_kl_controller_by_hand():
     ctl = AdaptiveKLController(0.2, target=6.0, horizon=100)
     assert ctl.update(5.4, 10) == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
     assert ctl.update(6.0, 10) == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
-
-

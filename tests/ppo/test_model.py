@@ -56,5 +56,3 @@ def test_a_failed_compile_runs_eagerly_and_says_why(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ppo: ppo.compile: compiling the update failed (RuntimeError: inductor could not lower an op); "
                    "running eagerly"]
-
-

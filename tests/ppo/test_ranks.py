@@ -1,4 +1,3 @@
-
 import torch
 
 from rlhf.ppo.ranks import generator_states, restore_generators

@@ -1,4 +1,3 @@
-
 import torch
 
 from rlhf.seq2seq import encode_queries, encoder_states
@@ -17,5 +16,3 @@ def test_encoder_states_in_length_cut_chunks_match_one_padded_pass(tmp_path):
     real = q.attention_mask.bool()
     torch.testing.assert_close(chunked[real], whole[real], atol=1e-5, rtol=1e-4)
     assert (chunked[~real] == 0).all()
-
-

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from rlhf.config import config_from_dict
-from rlhf.data import format_prompt, load_splits
+from rlhf.data import load_splits
 from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
 from rlhf.ppo.checkpoint import read_checkpoint
 from rlhf.ppo.model import build_policy
 from rlhf.ppo.rollout import score_responses
 from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
+from rlhf.prompts import format_prompt
 from rlhf.seq2seq import encode_queries, logprobs_from_logits, masked_mean, sample_responses
 from rlhf.tinyworld.build import resolve_tinyworld
 
@@ -110,8 +111,6 @@ def test_a_toxic_share_fills_every_batch_with_that_many_abusive_dialogues(tmp_pa
         assert sum(is_toxic[p] for p in trainer.batch_prompts(step)) == 4
 
 
-
-
 def test_bf16_autocast_keeps_fp32_master_weights_and_fp32_logprobs(tmp_path):
     """Mixed precision: compute in bf16 under autocast, but weights, logprobs, values and the
     quantities PPO derives from them stay fp32."""
@@ -170,12 +169,6 @@ def test_frozen_encoder_trains_the_decoder_only_and_reuses_the_rollout_states(tm
     assert stats["ppo/policy/approxkl"] < 1e-10 and stats["ppo/policy/clipfrac"] == 0
     for n, p in lm.get_encoder().named_parameters():
         assert torch.equal(p, encoder_before[n]), n
-
-
-
-
-
-
 
 
 @pytest.mark.slow
@@ -265,5 +258,3 @@ def test_two_cpu_ranks_stay_identical_and_split_the_batch(tmp_path):
     assert ranks[0]["checkpoint_generators"] == ["torch", "torch.rank1"]  # and a resume restores each rank's
     a, b = ranks[0]["prompts"], ranks[1]["prompts"]
     assert len(a) == len(b) == 4 and not set(a) & set(b)  # each rank generates for its own half
-
-

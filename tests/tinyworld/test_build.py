@@ -33,20 +33,6 @@ def test_same_seed_same_corpus_and_tokenizer_bytes(tmp_path, world):
         "denoising pre-training: step 10/10") and lines[-1].startswith("tiny world built in")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def test_base_model_loads_through_from_pretrained(world):
     model = load_seq2seq(ModelConfig(name=str(world / "base_model")))
     assert model.config.is_encoder_decoder and not model.training
@@ -101,8 +87,6 @@ def test_no_held_out_toxicity_text_is_also_a_training_text(world):
     assert rows["test"] and not set(rows["test"]) & set(rows["train"])
 
 
-
-
 def test_test_split_has_every_phrasing_as_a_reference_and_nothing_training_has(world):
     import json
 
@@ -117,5 +101,3 @@ def test_test_split_has_every_phrasing_as_a_reference_and_nothing_training_has(w
                                                key_facts_column="key_facts"), seed=0)
     assert len(rows["test"]) == 2 * len(dialogues) and all(len(d.references) == 2 for d in dialogues)
     assert not {d.dialogue for d in dialogues} & {r["dialogue"] for s in ("train", "validation") for r in rows[s]}
-
-

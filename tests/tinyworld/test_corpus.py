@@ -84,5 +84,3 @@ def test_other_phrasings_say_the_same_and_carry_the_same_abuse():
         assert (d.other_summaries[0].startswith(first + ".") if d.toxic else not d.other_summaries[0].startswith(first))
     # the drawn phrasing is drawn as before: either of a scene's phrasings comes first about half the time
     assert 0.35 < sum(d.summary < d.other_summaries[0] for d in corpus) / len(corpus) < 0.65
-
-

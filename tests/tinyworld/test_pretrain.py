@@ -19,5 +19,3 @@ def test_span_corruption_numbers_spans_in_order_and_reconstructs_the_text():
                 current.append(t)
         rebuilt = [x for t in inputs[:-1] for x in (spans[t] if t in sentinels else [t])]
         assert rebuilt == ids and inputs[-1] == targets[-1] == eos
-
-

@@ -1,4 +1,3 @@
-
 from transformers import AutoTokenizer
 
 
@@ -10,5 +9,3 @@ def test_tokenizer_round_trip_and_t5_ids(world):
     assert ids[-1] == tok.eos_token_id
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert tok.convert_tokens_to_ids("<extra_id_0>") == len(tok) - 1
-
-

@@ -86,7 +86,7 @@ def quiet_known_warnings() -> None:
 
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Input and output embeddings are no longer tied after merging")
-    for handler in hf_logging._get_library_root_logger().handlers:
+    for handler in hf_logging.get_logger().handlers:  # the library's root logger (no name), where its handler sits
         if not any(isinstance(f, _KnownLogLines) for f in handler.filters):
             handler.addFilter(_KnownLogLines())
 

@@ -44,15 +44,16 @@ def _run(argv: list[str]) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sft or ppo stage from its newest "
                    "good checkpoint")
     ns = p.parse_intermixed_args(argv)
-    from rlhf.rundir import check_finished_unchanged
+    from rlhf.rundir import check_finished_unchanged, run_lock
 
     config = load(*split_args(ns.args), stages=STAGES)
-    if not ns.force:  # every stage's check first: fail before hours of work, not after
-        check_finished_unchanged(config, STAGES)
-    for name in STAGES:
-        run_stage(name, stage_main(name), config, force=ns.force, resume=ns.resume)
-    print(f"all stages finished; artifacts in {config.run_dir}")
-    _print_report(config.run_dir)
+    with run_lock(config):  # the run folder's one writer, for every stage
+        if not ns.force:  # every stage's check first: fail before hours of work, not after
+            check_finished_unchanged(config, STAGES)
+        for name in STAGES:
+            run_stage(name, stage_main(name), config, force=ns.force, resume=ns.resume)
+        print(f"all stages finished; artifacts in {config.run_dir}")
+        _print_report(config.run_dir)
 
 
 def _report(argv: list[str]) -> None:
@@ -126,28 +127,20 @@ def _tinyworld(argv: list[str]) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder: new, empty or an earlier build")
     p.add_argument("--seed", type=int, default=0, help="the world's seed (default 0)")
     ns = p.parse_args(argv)
+    from rlhf.artifacts import ensure_dir
     from rlhf.config import TinyWorldConfig
     from rlhf.configfields import seed_value
-    from rlhf.tinyworld.build import build_tinyworld
+    from rlhf.tinyworld.build import replace_build
 
     if not ns.out:
         raise UserError("usage: rlhf tinyworld --out DIR [--seed N]")
     if msg := seed_value(ns.seed):
         raise UserError(f"option --seed: value {ns.seed} {msg}")
-    build_tinyworld(TinyWorldConfig(seed=ns.seed), _tinyworld_out(Path(ns.out).expanduser()))
-
-
-def _tinyworld_out(out: Path) -> Path:
-    """``--out`` is replaced as a whole: it must be new, empty or an earlier build, and writable."""
-    from rlhf.artifacts import ensure_dir
-
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise UserError(f"option --out: {out} is a folder with other content; the build replaces it as a whole, "
-                        f"so name a new or empty folder")
+    out = Path(ns.out).expanduser()
     ensure_dir(out.parent, "option --out: folder")
     if out.exists():
         ensure_dir(out, "option --out:")
-    return out
+    replace_build(TinyWorldConfig(seed=ns.seed), out)
 
 
 HANDLERS = {"run": _run, "report": _report, "estimate": _estimate, "config": _config, "tinyworld": _tinyworld}

@@ -19,7 +19,7 @@ from rlhf.configcheck import validate
 from rlhf.configfields import (all_of, each, fraction, home, non_empty, non_negative, opt, optional, path_name,
                                positive, seed_value, unit_closed, unit_open, unit_open_closed)
 from rlhf.configload import _build, _merge, parse_overrides, read_yaml
-from rlhf.errors import UserError
+from rlhf.errors import UserError, shown
 
 # --------------------------------------------------------------------------------------------
 # Sections
@@ -322,7 +322,10 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if not self.output_dir.strip() or not self.output_dir.isprintable():
-            raise UserError(f"config key 'output_dir': value {self.output_dir!r} is not a usable folder path")
+            raise UserError(f"config key 'output_dir': value {shown(self.output_dir)} is not a usable folder path")
+        if too_long := next((p for p in Path(self.output_dir).parts if len(p.encode("utf-8")) > 255), None):
+            raise UserError(f"config key 'output_dir': the folder name {shown(too_long)} is {len(too_long.encode())} "
+                            f"bytes long; file systems allow 255")
         self.output_dir = str(Path(self.output_dir).expanduser())
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from rlhf.errors import UserError
+from rlhf.errors import UserError, shown
 
 # What the sft stage's folder holds besides one folder per variant (a variant may not be named so)
 SFT_STAGE_ENTRIES = frozenset({"checkpoints", "config.yaml", "manifest.json", "metrics.json", "results.csv",
@@ -27,7 +27,7 @@ def validate(config, stages: Iterable[str] = ()) -> None:
                         f"the column that marks the toxic training prompts")
     variants = [v.name for v in config.sft.variants]
     if config.ppo.start_from not in ("base", *variants):
-        raise UserError(f"config key 'ppo.start_from': {config.ppo.start_from!r} is not an SFT variant "
+        raise UserError(f"config key 'ppo.start_from': {shown(config.ppo.start_from)} is not an SFT variant "
                         f"({', '.join(variants)}) or 'base'")
     if "reward" in stages and config.reward.pretrained is None and config.reward.data.source is None:
         raise UserError("config key 'reward.data.source' is not set: the reward stage needs labelled data to train "

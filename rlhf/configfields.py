@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Callable, Optional
 
-from rlhf.errors import UserError
+from rlhf.errors import UserError, shown
 
 Check = Callable[[Any], Optional[str]]
 
@@ -42,10 +42,16 @@ def seed_value(v: Any) -> str | None:
     return None if 0 <= v <= SEED_MAX else f"must be in [0, {SEED_MAX}]"
 
 
+NAME_MAX_BYTES = 200  # a folder name; file systems allow 255 bytes, and temp names add a prefix and suffix
+
+
 def path_name(v: Any) -> str | None:
-    """A name that becomes one folder name: no separator, no '..', no leading dot, printable."""
+    """A name that becomes one folder name: no separator, no '..', no leading dot, printable, and
+    within the file system's name limit (:data:`NAME_MAX_BYTES` in UTF-8)."""
     if not v or v.startswith(".") or any(c in v for c in "/\\") or not v.isprintable():
         return "must be a plain folder name (no '/', '\\' or leading '.')"
+    if len(v.encode("utf-8")) > NAME_MAX_BYTES:
+        return f"is {len(v.encode('utf-8'))} bytes long; a folder name here is at most {NAME_MAX_BYTES}"
     return None
 
 
@@ -73,7 +79,7 @@ def each(check: Check) -> Check:
     def run(values: list) -> str | None:
         for v in values:
             if (msg := check(v)) is not None:
-                return f"{msg} (item {v!r})"
+                return f"{msg} (item {shown(v)})"
         return None
 
     return run
@@ -115,7 +121,7 @@ def describe_keys(cls: type, values: dict, section: str = "") -> str:
     a list of sections are listed as ``key[].sub``."""
     lines = [line for line in _key_lines(cls, values, "") if _under(line[0], section)]
     if not lines:
-        raise UserError(f"option --keys: no config key or section {section!r}")
+        raise UserError(f"option --keys: no config key or section {shown(section)}")
     out = []
     for key, kind, default, value, doc in lines:
         here = "" if value is _NOT_GIVEN or value == default else f"  (here: {value!r})"

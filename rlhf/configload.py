@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rlhf.errors import UserError
+from rlhf.errors import UserError, shown
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -39,11 +39,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         value = "no" if value is False and "no" in args else value  # YAML reads an unquoted no/off as false
         if value not in args:
-            raise UserError(f"config key '{key}': value {value!r} is not one of {', '.join(map(repr, args))}")
+            raise UserError(f"config key '{key}': value {shown(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+            raise UserError(f"config key '{key}': expected a list, got {shown(value)}")
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -53,21 +53,21 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         except (ValueError, OverflowError):
             pass
     if tp is str and isinstance(value, (bool, int, float)):
-        raise UserError(f"config key '{key}': expected text, got {value!r} (YAML reads an unquoted yes/no/on/off/"
+        raise UserError(f"config key '{key}': expected text, got {shown(value)} (YAML reads an unquoted yes/no/on/off/"
                         f"true/false as a boolean and digits as a number: quote the value)")
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {shown(value)}")
     if not isinstance(value, tp):
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {shown(value)}")
     return _finite(value, key)
 
 
 def _finite(value: Any, key: str) -> Any:
     """Every float finite (no .inf / .nan), every int within 64 bits (what torch and numpy take)."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"config key '{key}': value {value!r} is not a finite number")
+        raise UserError(f"config key '{key}': value {shown(value)} is not a finite number")
     if isinstance(value, int) and not -2**63 <= value < 2**63:
-        raise UserError(f"config key '{key}': value {value} is out of range (more than 64 bits)")
+        raise UserError(f"config key '{key}': value {shown(value)} is out of range (more than 64 bits)")
     return value
 
 
@@ -76,7 +76,7 @@ def _build(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"config {where}: expected a mapping, got {raw!r}")
+        raise UserError(f"config {where}: expected a mapping, got {shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -84,13 +84,53 @@ def _build(cls: type, raw: Any, section: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UserError(f"unknown config key '{key}' in {where}{hint} (valid: {', '.join(fields)})")
+            raise UserError(f"unknown config key {shown(str(key))} in {where}{hint} (valid: {', '.join(fields)})")
         full = f"{section}.{key}" if section else str(key)
         kwargs[key] = _coerce(hints[key], value, full)
         check = fields[key].metadata.get("check")
         if check is not None and kwargs[key] is not None and (msg := check(kwargs[key])):
-            raise UserError(f"config key '{full}': value {kwargs[key]!r} {msg}")
+            raise UserError(f"config key '{full}': value {shown(kwargs[key])} {msg}")
     return cls(**kwargs)
+
+
+# Bounds on what a config may hold, checked before anything is built from it (a config is a few KB
+# with values nested three deep): a YAML alias expands each time it is used, so a few lines of
+# nested anchors can stand for a billion values.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_DEPTH = 16
+MAX_VALUES = 50_000
+
+
+def check_bounds(value: Any, where: str) -> None:
+    """One :class:`UserError` line when ``value`` holds more than :data:`MAX_VALUES` values
+    (counting each use of a YAML alias) or nests deeper than :data:`MAX_DEPTH`; a walk without
+    recursion that stops at the first bound it passes."""
+    stack, count = [(value, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise UserError(f"{where} holds more than {MAX_VALUES} values (YAML aliases count each time they are "
+                            f"used); a config needs a few hundred")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where} nests values more than {MAX_DEPTH} levels deep; a config needs three")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for pair in node.items() for v in pair)
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """``yaml.load`` (safe, unique keys) of ``text`` within :data:`MAX_CONFIG_BYTES`, nested within
+    :data:`MAX_DEPTH`; YAML syntax errors pass through to the caller."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UserError(f"{where} is {len(text):,} characters long; a config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise UserError(f"{where} nests values more than {MAX_DEPTH} levels deep; a config needs three") from None
+    check_bounds(value, where)
+    return value
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -98,10 +138,10 @@ def parse_overrides(overrides: list[str]) -> dict:
     nested: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r} is not of the form key.sub=value")
+            raise UserError(f"override {shown(item)} is not of the form key.sub=value")
         dotted, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _safe_load(text, f"override {shown(item)}") if text.strip() else ""
         except yaml.YAMLError:
             value = text
         node = nested
@@ -109,7 +149,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"override {item!r} conflicts with another override of '{part}'")
+                raise UserError(f"override {shown(item)} conflicts with another override of '{part}'")
         node[parts[-1]] = value
     return nested
 
@@ -143,8 +183,10 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        raw = _safe_load(path.read_text(encoding="utf-8"), f"config file {path}")
     except UnicodeDecodeError as err:
         raise UserError(f"config file {path} is not valid UTF-8 ({_bad_byte(err)}): save it as UTF-8") from None
     except yaml.YAMLError as err:

@@ -8,12 +8,13 @@ deterministically from the seed.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.config import DataConfig
-from rlhf.errors import UserError
+from rlhf.errors import UserError, first_line, shown
 
 SPLITS = ("train", "validation", "test")
 EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -37,18 +38,25 @@ def _local_data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
 
 
 def _check_text_file(path: Path, source: str) -> None:
-    """An empty file, or a json/jsonl/csv line that is not UTF-8, named with its line number
-    (``datasets`` would say StopIteration, or log the row only on a library log line)."""
+    """An empty file, a json/jsonl/csv line that is not UTF-8, or a .jsonl line that is not one JSON
+    value (a cut last line), named with its line number (``datasets`` would say StopIteration, or
+    name the file only on a library log line)."""
     if path.suffix == ".parquet":
         return
     blank = True
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
             try:
-                line.decode("utf-8")
+                text = line.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise UserError(f"data source {source}: file {path} line {number} is not valid UTF-8 "
                                 f"(byte {line[err.start]:#04x} at column {err.start + 1})") from None
+            if path.suffix == ".jsonl" and text.strip():
+                try:
+                    json.loads(text)
+                except ValueError as err:
+                    raise UserError(f"data source {source}: file {path} line {number} is not one JSON value "
+                                    f"({first_line(err)})") from None
             blank = blank and not line.strip()
     if blank:
         raise UserError(f"data source {source}: file {path} is empty")
@@ -59,6 +67,8 @@ def load_raw(source: str):
     import datasets
 
     path = Path(source).expanduser()
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # it logs a bad file before raising: our line says it
     try:
         if path.exists():
             builder, data_files = _local_data_files(path)
@@ -74,9 +84,9 @@ def load_raw(source: str):
     except UserError:
         raise
     except Exception as err:  # datasets raises many types; the user needs one line
-        from rlhf.errors import first_line
-
         raise UserError(f"could not read data source {source}: {first_line(err)}") from None
+    finally:
+        datasets.logging.set_verbosity(level)
 
 
 def numbered_columns(columns: list[str], name: str) -> list[str]:
@@ -238,7 +248,7 @@ def group_dialogues(rows, cfg: DataConfig) -> list[EvalDialogue]:
             facts = row.get(cfg.key_facts_column) if cfg.key_facts_column else None
             if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
                 raise UserError(f"data source {cfg.source}: column '{cfg.key_facts_column}' is not a list of "
-                                f"strings (row {i}: {facts!r})")
+                                f"strings (row {i}: {shown(facts)})")
             groups[row["dialogue"]] = EvalDialogue(str(row.get("id", row.get("fname", i))), row["dialogue"],
                                                    list(refs), toxic, facts)
         else:
@@ -276,4 +286,4 @@ def _check_flag(cfg: DataConfig, value, where: str) -> None:
     """``data.toxic_column`` holds booleans; anything else is named in one line."""
     if not isinstance(value, bool):
         raise UserError(f"data source {cfg.source}: column '{cfg.toxic_column}' has a non-boolean value "
-                        f"{value!r} ({where})")
+                        f"{shown(value)} ({where})")

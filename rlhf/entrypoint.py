@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf.config import ExperimentConfig, load_config
-from rlhf.errors import UserError
-from rlhf.rundir import check_finished_unchanged, is_finished, stage_dir
+from rlhf.errors import UserError, shown
+from rlhf.rundir import check_finished_unchanged, is_finished, run_lock, stage_dir
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-# File-system refusals the user can fix (permissions, a full or read-only disk, a file in the way):
-# one line naming the file, exit 2, wherever in a stage they happen.
+# File-system refusals the user can fix (permissions, a full or read-only disk or quota, a file in the way,
+# a name or file too long, a symlink loop): one line naming the file, exit 2, wherever in a stage they happen.
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
-               errno.EEXIST}
+               errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG, errno.EMLINK}
 StageMain = Callable[..., dict]
 
 
@@ -105,10 +105,13 @@ def stage_parser(name: str, main: StageMain, prog: str) -> Parser:
 
 
 def stage(name: str, main: StageMain, argv: list[str], prog: str) -> None:
-    """Parse ``argv`` with :func:`stage_parser`, load the config, run the stage."""
+    """Parse ``argv`` with :func:`stage_parser`, load the config, run the stage as the run folder's
+    one writer (:func:`rlhf.rundir.run_lock`)."""
     ns = stage_parser(name, main, prog).parse_intermixed_args(argv)
     config_path, overrides = split_args(ns.args, f"{prog} CONFIG [key=value ...]")
-    run_stage(name, main, load(config_path, overrides, [name]), force=ns.force, resume=getattr(ns, "resume", False))
+    config = load(config_path, overrides, [name])
+    with run_lock(config):
+        run_stage(name, main, config, force=ns.force, resume=getattr(ns, "resume", False))
 
 
 def stage_command(name: str, main: StageMain) -> int:
@@ -161,7 +164,7 @@ def _flush_denormals_unless_opted_out() -> None:
     opts out. The tiny world is built with the same setting, so its cache key records it."""
     flag = os.environ.get("RLHF_FLUSH_DENORMALS", "1")
     if flag not in ("0", "1"):
-        raise UserError(f"environment variable RLHF_FLUSH_DENORMALS: {flag!r} is not 0 or 1")
+        raise UserError(f"environment variable RLHF_FLUSH_DENORMALS: {shown(flag)} is not 0 or 1")
     if flag == "1":
         from rlhf.runtime import flush_denormals
 

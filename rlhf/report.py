@@ -6,6 +6,7 @@ worked, with the figures that decided it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rlhf import plots
@@ -37,10 +38,32 @@ def _load(run_dir: Path) -> dict:
     if stages["evaluate"]["metrics"].get("protocol", {}).get("version") != PROTOCOL_VERSION:
         raise UserError(f"{run_dir / 'evaluate' / 'metrics.json'} predates the current protocol (version "
                         f"{PROTOCOL_VERSION}): re-run `rlhf evaluate CONFIG --force`")
-    stages["evaluate"]["records"] = _read(run_dir / "evaluate" / "generations.jsonl", "evaluate")
+    records = stages["evaluate"]["records"] = _read(run_dir / "evaluate" / "generations.jsonl", "evaluate")
+    for row, record in enumerate(records, 1):  # what the figures, examples and plots are made of
+        _refuse_non_finite(run_dir / "evaluate" / "generations.jsonl", row, {k: record.get(k) for k in ("scores", "nll")},
+                           "evaluate")
+    _refuse_non_finite(run_dir / "evaluate" / "metrics.json", None, stages["evaluate"]["metrics"]["protocol"]["toxicity"],
+                       "evaluate", "protocol.toxicity")
     log = run_dir / "ppo" / "metrics.jsonl"
-    stages.setdefault("ppo", {})["history"] = _read(log, "ppo") if log.is_file() else []
+    history = stages.setdefault("ppo", {})["history"] = _read(log, "ppo") if log.is_file() else []
+    for row, step in enumerate(history, 1):
+        _refuse_non_finite(log, row, step, "ppo")
     return stages
+
+
+def _refuse_non_finite(path: Path, row: int | None, value, stage: str, prefix: str = "") -> None:
+    """One line naming the file, row and field of the first NaN or infinite number in ``value``
+    (JSON readers accept NaN; no figure of these files may be one)."""
+    stack = [(prefix, value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            at = f" row {row}" if row is not None else ""
+            raise UserError(f"{path}{at}: field {where} is {node}, not a finite number: re-run the {stage} stage "
+                            f"(with --force)")
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend((f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else k, v)
+                     for k, v in reversed(list(items)))
 
 
 def headline(ev: dict) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import RewardConfig, RewardDataConfig
-from rlhf.errors import UserError, first_line
+from rlhf.errors import UserError, first_line, shown
 
 ID2LABEL = {0: "non-toxic", 1: "toxic"}
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # what from_pretrained reads
@@ -59,7 +59,7 @@ def label_values(value: str | list[str]) -> list[str]:
 
 
 def _shown(values: list[str]) -> str:
-    return repr(values[0]) if len(values) == 1 else repr(values)
+    return shown(values[0]) if len(values) == 1 else shown(values)
 
 
 def _normalise(ds, cfg: RewardDataConfig, split: str):
@@ -67,7 +67,7 @@ def _normalise(ds, cfg: RewardDataConfig, split: str):
     bad_text = next((t for t in texts if not isinstance(t, str)), None)
     if bad_text is not None or any(t is None for t in texts):
         raise UserError(f"reward data {cfg.source}: split '{split}' column '{cfg.text_column}' has a non-string "
-                        f"value {bad_text!r}")
+                        f"value {shown(bad_text)}")
     toxic, clean = label_values(cfg.toxic_value), label_values(cfg.non_toxic_value)
     if both := sorted(set(toxic) & set(clean)):
         raise UserError(f"reward data: label value(s) {both} are declared both toxic (reward.data.toxic_value) and "
@@ -76,7 +76,7 @@ def _normalise(ds, cfg: RewardDataConfig, split: str):
     unexpected = sorted({str(v) for v in values} - set(mapping))
     if unexpected:
         raise UserError(f"reward data {cfg.source}: split '{split}' column '{cfg.label_column}' has values "
-                        f"{unexpected[:5]} besides the declared toxic={_shown(toxic)} / non-toxic={_shown(clean)}")
+                        f"{shown(unexpected[:5])} besides the declared toxic={_shown(toxic)} / non-toxic={_shown(clean)}")
     import datasets
 
     return datasets.Dataset.from_dict({"text": list(texts), "labels": [mapping[str(v)] for v in values]})
@@ -153,7 +153,7 @@ def label_index(model, label: str) -> int:
         if name == label:
             return idx
     raise UserError(f"reward model labels {sorted(id2label.values())} do not include the non-toxic label "
-                    f"{label!r}: set reward.non_toxic_label")
+                    f"{shown(label)}: set reward.non_toxic_label")
 
 
 # --------------------------------------------------------------------------------------------

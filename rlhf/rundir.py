@@ -6,9 +6,14 @@ stage's resolved ``config.yaml`` is the record a later run compares its own conf
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,6 +26,7 @@ from rlhf.configdiff import describe, differences
 from rlhf.errors import UserError
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # in the run folder: held by the one process writing to it
 
 # The config sections each stage reads: the shared ones it uses, its own, and those of the upstream
 # stages whose artifacts it consumes. A finished stage counts as changed only when one of these
@@ -172,3 +178,38 @@ def keep_or_discard(stage: str, folder: Path, found: list[str], force: bool, log
     shutil.rmtree(folder, ignore_errors=True)
     for path in extra:
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def run_lock(config: ExperimentConfig):
+    """One writer per run folder: an exclusive ``flock`` on ``<run folder>/.lock`` for as long as the
+    block runs; a second process refuses in one line naming the holder's pid and command. The
+    operating system releases the lock when its process dies, so a killed run never blocks the
+    next. Under a multi-process launch only rank 0 takes it (the other ranks are its workers)."""
+    if int(os.environ.get("RANK", "0") or 0) > 0:
+        yield
+        return
+    ensure_dir(config.output_dir, "output_dir")
+    folder = ensure_dir(config.run_dir, "run folder")
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run folder {folder} is in use by {_holder(fd)}: wait for it to finish, or give this run "
+                            f"another run_name or output_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """``pid N (`command`)`` of the process holding the lock, as it wrote them."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        holder = {}
+    pid, command = holder.get("pid", "?"), holder.get("command", "")
+    return f"pid {pid}" + (f" (`{command[:80]}`)" if command else "")

@@ -17,7 +17,7 @@ from rlhf.config import load_config
 from rlhf.rundir import start_stage
 from rlhf.tinyworld.build import resolve_tinyworld
 
-from .conftest import small_raw, write, write_jsonl
+from .conftest import copy_run, small_raw, write, write_jsonl
 
 ROOT = os.geteuid() == 0  # root ignores file permissions: the read-only cases need another user
 
@@ -152,6 +152,26 @@ CASES = {
     "save_steps_not_multiple": (lambda t: ["sft", *exp(t, "sft.save_steps=3")], ["'sft.save_steps'", "3"]),
     "template_unknown": (lambda t: ["prompt", *exp(t, "data.template=poem")], ["'data.template'", "'poem'"]),
     "override_without_value": (lambda t: ["prompt", *exp(t, "seed")], ["'seed'", "key.sub=value"]),
+    # ---- bounded configs: refused before anything is built from them, values quoted short
+    "yaml_alias_bomb": (lambda t: ["prompt", text_file(t, "bomb.yaml", alias_bomb())],
+                        ["bomb.yaml holds more than 50000 values", "aliases"]),
+    "yaml_nested_too_deep": (lambda t: ["prompt", text_file(t, "deep.yaml", "seed: " + "[" * 20000 + "]" * 20000)],
+                             ["deep.yaml nests values more than 16 levels deep"]),
+    "override_nested_too_deep": (lambda t: ["prompt", *exp(t, "seed=" + "[" * 3000 + "]" * 3000)],
+                                 ["override 'seed=[[[", "nests values more than 16 levels deep"]),
+    "config_file_too_large": (lambda t: ["prompt", text_file(t, "big.yaml", "seed: 1\n" + "# padding\n" * 120_000)],
+                              ["big.yaml is 1,200,008 bytes; a config is at most 1,000,000"]),
+    "long_value_quoted_short": (lambda t: ["prompt", *exp(t, "data.template=" + "x" * 5000)],
+                                ["'data.template'", "...", "is not one of 'summarize', 'what_happened'"]),
+    "run_name_too_long": (lambda t: ["prompt", *exp(t, "run_name=" + "r" * 300)],
+                          ["'run_name'", "is 300 bytes long; a folder name here is at most 200"]),
+    "variant_name_too_long": (lambda t: ["sft", *exp(t, "sft.variants=[{name: " + "v" * 250 + ", method: lora}]",
+                                                     "ppo.start_from=base")], ["'sft.variants[0].name'", "250 bytes"]),
+    "output_dir_name_too_long": (lambda t: ["prompt", *exp(t, f"output_dir={t}/{'o' * 300}/runs")],
+                                 ["'output_dir'", "is 300 bytes long; file systems allow 255"]),
+    "data_jsonl_cut_last_line": (lambda t: ["prompt", *exp(t, data={"source": text_file(
+        t, "cut.jsonl", '{"dialogue": "a", "summary": "b"}\n' * 12 + '{"dialogue": "a", "summ'),
+        "toxic_column": None, "key_facts_column": None})], ["cut.jsonl line 13 is not one JSON value"]),
     # ---- command line
     "unknown_command": (lambda t: ["frobnicate", *exp(t)], ["unknown command 'frobnicate'"]),
     "unknown_option": (lambda t: ["run", *exp(t), "--bogus"], ["unrecognized arguments: --bogus"]),
@@ -164,7 +184,9 @@ CASES = {
     "tinyworld_out_is_file": (lambda t: ["tinyworld", "--out", text_file(t, "f", "x")], ["--out", "is a file"]),
     "tinyworld_out_under_file": (lambda t: ["tinyworld", "--out", text_file(t, "f", "x") + "/w"], ["is a file"]),
     "tinyworld_out_not_empty": (lambda t: ["tinyworld", "--out", os.path.dirname(text_file(t, "home/notes", "x"))],
-                                ["--out", "home", "other content"]),
+                                ["--out", "home", "not empty and not a tiny world built here"]),
+    "tinyworld_out_is_a_stage_folder": (lambda t: ["tinyworld", "--out", os.path.dirname(text_file(
+        t, "runs/t/sft/manifest.json", '{"stage": "sft", "status": "finished"}'))], ["not a tiny world built here"]),
     "flush_denormals_env": (lambda t: ["prompt", *exp(t)], ["RLHF_FLUSH_DENORMALS", "'2'"]),
     # ---- rlhf report
     "report_without_run": (lambda t: ["report"], ["usage: rlhf report RUN_DIR"]),
@@ -271,6 +293,13 @@ CASES = {
 }
 
 
+def alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes of YAML whose aliases stand for 10 ** levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nseed: [{', '.join([f'*l{levels - 1}'] * 10)}]\n"
+
+
 def read_only(tmp_path) -> str:
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -307,7 +336,8 @@ def test_bad_input_is_one_line_and_exit_2(name, tmp_path, capsys, monkeypatch):
     code = cli_main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err[:2000]
+    assert len(err) < 700, err[:2000]  # values are quoted short, whatever their size
     for part in expected:
         assert part in err, f"{part!r} not in {err!r}"
     assert manifests(tmp_path) == before  # nothing newly marked finished
@@ -409,3 +439,42 @@ def test_options_are_checked_per_command(argv, message, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_a_nan_in_the_generations_is_refused_by_the_report_naming_file_row_and_field(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path).run_dir
+    path = run / "evaluate" / "generations.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[2]["scores"]["profanity_check"]["after"]["samples"][1] = float("nan")
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))  # json writes NaN, and reads it back
+    assert cli_main(["report", str(run)]) == 2
+    assert capsys.readouterr().err == (f"error: {path} row 3: field scores.profanity_check.after.samples[1] is nan, not "
+                                       f"a finite number: re-run the evaluate stage (with --force)\n")
+
+
+def test_one_writer_per_run_folder_and_a_killed_writer_never_blocks(tmp_path):
+    """Two real processes: the holder of a run folder's lock, and a CLI that must refuse naming it."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = exp(tmp_path, "prompt.settings=[{name: greedy}]", "prompt.n_dialogues=2")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from rlhf.config import load_config\n"
+        "from rlhf.rundir import run_lock\n"
+        f"with run_lock(load_config({argv[0]!r})):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        second = subprocess.run([sys.executable, "-m", "rlhf.cli", "prompt", *argv], capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2
+        lines = second.stderr.splitlines()
+        assert len(lines) == 1 and f"is in use by pid {holder.pid} (`-c`)" in lines[0], second.stderr
+        assert not (tmp_path / "runs" / "t" / "prompt").exists()  # the refused process wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert cli_main(["prompt", *argv]) == 0  # the lock died with its holder

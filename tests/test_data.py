@@ -73,11 +73,17 @@ def test_small_data_cuts_splits_while_each_keeps_a_row(tmp_path):
     splits = load_splits(DataConfig(source=path, test_fraction=0.5, validation_fraction=0.5), seed=0)
     assert {k: len(v) for k, v in splits.items()} == {"train": 1, "validation": 1, "test": 3}
 
-def test_unreadable_and_missing_sources(tmp_path):
+
+def test_unreadable_and_missing_sources(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("{not json\n")
-    with pytest.raises(UserError, match="could not read data source"):
+    bad.write_text('{"dialogue": "a", "summary": "b"}\n{not json\n')
+    with pytest.raises(UserError, match=r"bad.jsonl line 2 is not one JSON value \(Expecting property name"):
         load_splits(DataConfig(source=str(bad)), seed=0)
+    whole = tmp_path / "bad.json"
+    whole.write_text("{not json\n")
+    with pytest.raises(UserError, match="could not read data source"):
+        load_splits(DataConfig(source=str(whole)), seed=0)
+    assert "Failed to load JSON" not in capsys.readouterr().err  # datasets' own log line is not printed before ours
     with pytest.raises(UserError, match="data source not found"):
         load_splits(DataConfig(source=str(tmp_path / "nope.jsonl")), seed=0)
     other = tmp_path / "d.txt"

@@ -154,6 +154,46 @@ def build_tinyworld(tw: TinyWorldConfig, out: str | Path, log=print) -> Path:
     return out
 
 
+ENTRIES = frozenset({"dialogsum", "toxicity", "tokenizer", "base_model", "classifier", "manifest.json"})
+
+
+def is_build(folder: Path) -> bool:
+    """Whether ``folder`` holds a build of this module and nothing else, judged by its content: a
+    manifest that records a tiny world's settings and build version, beside only the build's own
+    entries (a run's stage folder also has a ``manifest.json``; a user's file makes it not ours)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    return (isinstance(settings, dict) and set(settings) == {f.name for f in dataclasses.fields(TinyWorldConfig)}
+            and isinstance(manifest.get("version"), int) and {p.name for p in folder.iterdir()} <= ENTRIES)
+
+
+def replace_build(tw: TinyWorldConfig, out: Path, log=print) -> Path:
+    """``rlhf tinyworld --out``: build into ``out``, which must be new, empty or an earlier build
+    (:func:`is_build`); one build beside ``out`` at a time (a lock on its parent folder), and the
+    temp folders a killed build left there removed first."""
+    import fcntl
+
+    if out.is_dir() and any(out.iterdir()) and not is_build(out):
+        raise UserError(f"option --out: {out} is not empty and not a tiny world built here; the build replaces "
+                        f"the folder as a whole, so name a new or empty folder")
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"option --out: another build is writing in {out.parent}; wait for it to finish") from None
+        for left in [*out.parent.glob(f".{out.name}.*.tmp"), out.parent / f".{out.name}.old"]:  # atomic_dir's
+            if left.is_dir():
+                log(f"removing {left}, left by a build that did not finish")
+                shutil.rmtree(left)
+        return build_tinyworld(tw, out, log=log)
+    finally:
+        os.close(fd)
+
+
 def _build_base_model(tw: TinyWorldConfig, out: Path, tokenizer, log) -> list[float]:
     torch.manual_seed(tw.seed)
     model = T5ForConditionalGeneration(tiny_t5_config(tw, len(tokenizer), MAX_LENGTH))

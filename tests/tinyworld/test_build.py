@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from rlhf.config import ModelConfig, TinyWorldConfig
+from rlhf.errors import UserError
 from rlhf.models import load_seq2seq
 from rlhf.tinyworld.build import build_tinyworld, cache_key, ensure_tinyworld
 
@@ -101,3 +102,35 @@ def test_test_split_has_every_phrasing_as_a_reference_and_nothing_training_has(w
                                                key_facts_column="key_facts"), seed=0)
     assert len(rows["test"]) == 2 * len(dialogues) and all(len(d.references) == 2 for d in dialogues)
     assert not {d.dialogue for d in dialogues} & {r["dialogue"] for s in ("train", "validation") for r in rows[s]}
+
+
+def test_a_build_replaces_only_its_own_kind_and_clears_what_a_killed_build_left(tmp_path, world):
+    import fcntl
+    import os
+    import shutil
+
+    from rlhf.tinyworld.build import is_build, replace_build
+
+    out = tmp_path / "w"
+    shutil.copytree(world, out)
+    assert is_build(out) and not is_build(tmp_path)
+    (tmp_path / ".w.k1ll3d.tmp" / "dialogsum").mkdir(parents=True)  # a build killed inside atomic_dir
+    lines = []
+    replace_build(SMALL, out, log=lines.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"] and is_build(out)
+    assert lines[0] == f"removing {tmp_path / '.w.k1ll3d.tmp'}, left by a build that did not finish"
+    (out / "notes.txt").write_text("mine")  # the user's file: the folder is no longer only a build
+    assert not is_build(out)
+    with pytest.raises(UserError, match=r"is not empty and not a tiny world built here"):
+        replace_build(SMALL, out, log=lines.append)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    (out / "manifest.json").write_text('{"stage": "sft", "status": "finished"}')  # a stage's manifest, same name
+    assert not is_build(out)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another build writing beside it
+    try:
+        with pytest.raises(UserError, match=r"another build is writing in"):
+            replace_build(SMALL, tmp_path / "v", log=lines.append)
+    finally:
+        os.close(fd)

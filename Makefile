@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[judge,test]"
+	$(BIN)/pip install --quiet -e ".[judge,test,tensorboard]"  # TensorBoard: the tracker the tests read back
 	touch $(STAMP)
 
 install: $(STAMP)

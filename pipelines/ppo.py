@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rlhf.artifacts import atomic_dir, atomic_write_text
+from rlhf.artifacts import atomic_dir, atomic_write_text, truncate_jsonl
 from rlhf.checkpoints import clean_stray
 from rlhf.config import ExperimentConfig, to_dict
 from rlhf.data import group_dialogues, load_splits, toxic_flags
@@ -26,6 +26,7 @@ from rlhf.reward import load_scorer
 from rlhf.rundir import keep_or_discard, require_stage, stage_dir, start_stage
 from rlhf.runtime import PeakRss, precision_note, rss_mib, use_cpu
 from rlhf.tinyworld.build import resolve_tinyworld
+from rlhf.trackers import Trackers
 
 SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/clipfrac")
 
@@ -64,22 +65,22 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     stage = start_stage(config, "ppo")
     trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
-                         log_dir=stage.dir / "trackers", config_record=to_dict(config),
+                         config_record=to_dict(config),
                          mixed_precision=config.model.mixed_precision, ptx=ptx)
     if trainer.compile_fallback:
         say(f"ppo: ppo.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
     log_path = stage.dir / "metrics.jsonl"
     if resume:
         _resume(trainer, ckpt_dir, config, say)
-    if main_process:
-        _truncate_log(log_path, trainer.step_count)
+    if main_process:  # a resumed run logs the steps after its checkpoint again
+        truncate_jsonl(log_path, lambda row: isinstance(row.get("step"), int) and row["step"] <= trainer.step_count)
     test = group_dialogues(splits["test"], config.data)[:cfg.eval_n_dialogues]
     progress = Progress("ppo", cfg.steps, start=trainer.step_count, enabled=main_process)
+    trackers = Trackers(config.trackers("ppo"), config.run_name, "ppo", stage.dir, to_dict(config))
     with PeakRss() as mem:
-        _train(trainer, progress, cfg, config, test, stage.dir, ckpt_dir, log_path)
+        _train(trainer, progress, cfg, config, test, stage.dir, ckpt_dir, log_path, trackers)
     progress.close()
     trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
     if not main_process:
         return {}
     _save_policy(trainer.policy, tokenizer, stage.dir)
@@ -95,19 +96,23 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                "precision": precision_note(config.model.dtype, config.model.mixed_precision)}
     stage.write_metrics(metrics)
     atomic_write_text(stage.dir / "before_after.json", json.dumps(result["rows"], indent=1))
+    trackers.log(metrics, trainer.step_count)
+    trackers.finish()
     stage.finish()
-    print(f"ppo: toxicity {metrics['greedy_toxicity_before']:.4f} -> {metrics['greedy_toxicity_after']:.4f}, ROUGE-L "
+    print(f"ppo: greedy mean toxicity (reward model) {metrics['greedy_toxicity_before']:.4f} -> "
+          f"{metrics['greedy_toxicity_after']:.4f}, ROUGE-L "
           f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}, final KL {metrics['kl_mean_final']:.3f}")
     return metrics
 
 
-def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path) -> None:
-    """The PPO steps: log each, checkpoint every ``save_steps``, write samples every ``sample_steps``."""
+def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path, trackers) -> None:
+    """The PPO steps: log each (metrics.jsonl and the trackers), checkpoint every ``save_steps``, write
+    samples every ``sample_steps``."""
     main_process = trainer.accelerator.is_main_process
     for _ in range(trainer.step_count, cfg.steps):
         stats = trainer.step()
         progress.update(1, **{k.split("/")[-1]: stats[k] for k in SHOWN})
-        trainer.log(stats)
+        trackers.log(stats, stats["step"])
         if main_process:
             with log_path.open("a") as f:
                 f.write(json.dumps(stats) + "\n")
@@ -134,21 +139,6 @@ def _report_shortened(shortened: list[bool], max_length: int, say) -> int:
         say(f"ppo: {n} of {len(shortened)} training prompts are longer than model.max_input_length={max_length} "
             f"tokens; their dialogues are shortened inside the template")
     return n
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop logged steps past ``step`` (a resumed run logs them again) and a line cut by a kill."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _save_policy(policy, tokenizer, folder: Path) -> None:

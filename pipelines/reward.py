@@ -6,13 +6,14 @@ import shutil
 import sys
 
 from rlhf.artifacts import atomic_dir, atomic_write_text, markdown_table
-from rlhf.config import ExperimentConfig
+from rlhf.config import ExperimentConfig, to_dict
 from rlhf.configcheck import validate
 from rlhf.entrypoint import stage_command
 from rlhf.metrics import binary_classification
 from rlhf.reward import ID2LABEL, RewardScorer, load_classifier, load_labelled, train_classifier
 from rlhf.rundir import start_stage
 from rlhf.tinyworld.build import resolve_tinyworld
+from rlhf.trackers import Trackers, trainer_logger
 
 
 def main(config: ExperimentConfig) -> dict:
@@ -21,6 +22,9 @@ def main(config: ExperimentConfig) -> dict:
     validate(config, ["reward"])  # labelled data or a pretrained classifier, also when called from Python
     splits = load_labelled(cfg.data, config.seed) if cfg.data.source else None  # before the stage folder is touched
     stage = start_stage(config, "reward")
+    trackers = Trackers(config.trackers("reward"), config.run_name, "reward", stage.dir, to_dict(config))
+    log_path = stage.dir / "metrics.jsonl"
+    log_path.unlink(missing_ok=True)  # the Trainer's rows of this run only
     info: dict = {"pretrained": cfg.pretrained, "output": cfg.output, "score_with_prompt": cfg.score_with_prompt}
     if cfg.pretrained:
         model, tokenizer = load_classifier(cfg.pretrained, cfg.trust_remote_code)
@@ -29,7 +33,8 @@ def main(config: ExperimentConfig) -> dict:
         model, tokenizer = load_classifier(cfg.model, cfg.trust_remote_code, from_scratch=cfg.from_scratch,
                                            init_seed=config.seed)
         model.config.id2label, model.config.label2id = dict(ID2LABEL), {v: k for k, v in ID2LABEL.items()}
-        model, train_info = train_classifier(model, tokenizer, splits, cfg, stage.dir / "checkpoints", config.seed)
+        model, train_info = train_classifier(model, tokenizer, splits, cfg, stage.dir / "checkpoints", config.seed,
+                                             callbacks=[trainer_logger(log_path, trackers)])
         info.update(train_info)
         with atomic_dir(stage.dir / "model") as tmp:
             model.save_pretrained(str(tmp))
@@ -49,6 +54,8 @@ def main(config: ExperimentConfig) -> dict:
         metrics["most_confidently_wrong"] = wrong
     atomic_write_text(stage.dir / "results.md", _results_md(metrics, wrong, cfg))
     stage.write_metrics(metrics)
+    trackers.log(metrics, metrics.get("global_step", 0))  # the held-out figures at the last step
+    trackers.finish()
     stage.finish()
     if "roc_auc" in metrics:
         print(f"reward: held-out accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, "

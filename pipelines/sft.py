@@ -7,11 +7,11 @@ import sys
 from accelerate import PartialState
 
 from rlhf.artifacts import atomic_write_csv, atomic_write_text, markdown_table
-from rlhf.config import ExperimentConfig, GenerationSetting
+from rlhf.config import ExperimentConfig, GenerationSetting, to_dict
 from rlhf.data import group_dialogues, load_splits
 from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
-from rlhf.metrics import mean_words, rouge
+from rlhf.metrics import ROUGE_KEYS, mean_words, rouge
 from rlhf.models import check_lora_targets, count_parameters, load_seq2seq, load_tokenizer
 from rlhf.prompts import fit_prompts
 from rlhf.rundir import keep_or_discard, start_stage
@@ -27,6 +27,7 @@ from rlhf.sft import (
     train_variant,
 )
 from rlhf.tinyworld.build import resolve_tinyworld
+from rlhf.trackers import Trackers
 
 COLUMNS = ["variant", "rouge1", "rouge2", "rougeL", "rougeLsum", "rougeL_gain", "mean_words", "trainable_params",
            "total_params", "trainable_pct", "train_seconds", "train_memory_mb", "peak_memory_mb"]
@@ -52,6 +53,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     args = (tokenizer, config.data.template, config.model.max_input_length, config.sft.max_target_length)
     train_ds, eval_ds = tokenize_split(splits["train"], *args), tokenize_split(splits["validation"], *args)
 
+    trackers = Trackers(config.trackers("sft"), config.run_name, "sft", stage_dir, to_dict(config))
     trained = {}
     for variant in config.sft.variants:
         done = finished_variant(stage_dir, variant) if resume else None
@@ -60,7 +62,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
             say(f"sft/{variant.name}: already trained; kept")
         else:
             done = train_variant(prepare_model(load_seq2seq(config.model), variant, config), tokenizer, train_ds,
-                                 eval_ds, config, variant, stage_dir, resume).metrics  # no name keeps the model alive
+                                 eval_ds, config, variant, stage_dir, resume,
+                                 trackers=trackers).metrics  # no name keeps the model alive
         trained[variant.name] = done
         print(f"sft/{variant.name}: {done['trainable_params']:,} trainable params "
               f"({done['trainable_pct']:.2f}%), {done['train_seconds']:.1f}s")
@@ -91,6 +94,9 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     atomic_write_text(stage.dir / "results.md", _results_md(rows, len(test)))
     atomic_write_text(stage.dir / "samples.md", _samples_md(test, samples))
     stage.write_metrics(metrics)
+    for name, r in results.items():  # each variant's test figures at its last step (base: step 0)
+        trackers.log({f"{name}/{k}": r[k] for k in (*ROUGE_KEYS, "rougeL_gain", "mean_words")}, r.get("global_step", 0))
+    trackers.finish()
     stage.finish()
     for name, r in results.items():
         print(f"sft: {name:>6} ROUGE-L {r['rougeL']:.4f}" + (f" ({r['rougeL_gain']:+.4f} vs base)" if name != "base" else ""))

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -42,6 +42,23 @@ def atomic_write_jsonl(path: str | Path, rows: Sequence[dict]) -> Path:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
+    """Keep the rows of a JSON-lines log for which ``keep`` holds, dropping a line cut by a kill
+    (a resumed stage logs the steps after its checkpoint again)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and keep(row):
+            rows.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in rows))
 
 
 def atomic_write_csv(path: str | Path, rows: Sequence[dict]) -> Path:

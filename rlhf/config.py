@@ -21,6 +21,8 @@ from rlhf.configfields import (all_of, each, fraction, home, non_empty, non_nega
 from rlhf.configload import _build, _merge, parse_overrides, read_yaml
 from rlhf.errors import UserError, shown
 
+Tracker = Literal["tensorboard", "trackio", "wandb"]  # rlhf.trackers.TRACKERS
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -155,6 +157,8 @@ class SftConfig:
     eval_steps: int = opt(100, positive, "validation loss every N steps")
     save_steps: int = opt(100, positive, "checkpoint every N steps (a multiple of eval_steps)")
     early_stopping_patience: Optional[int] = opt(3, optional(positive), "evaluations without improvement; null disables")
+    report_to: Optional[list[Tracker]] = opt(None, doc="experiment trackers of this stage; null = the top-level "
+                                             "report_to")
     eval_n_dialogues: Optional[int] = opt(None, optional(positive), "test dialogues for ROUGE; null = all")
     max_new_tokens: int = opt(64, positive)
     save_merged: bool = opt(False, doc="also save the LoRA adapter merged into the base")
@@ -201,6 +205,8 @@ class RewardConfig:
     warmup_ratio: float = opt(0.1, fraction)
     max_length: int = opt(128, positive)
     balance: Literal["class_weights", "none"] = opt("class_weights", doc="handling of imbalanced labels")
+    report_to: Optional[list[Tracker]] = opt(None, doc="experiment trackers of this stage; null = the top-level "
+                                             "report_to")
     n_wrong_shown: int = opt(10, non_negative)
 
     def __post_init__(self) -> None:
@@ -261,7 +267,8 @@ class PpoConfig:
     sample_steps: int = opt(10, positive, "write sample generations every N steps")
     eval_n_dialogues: Optional[int] = opt(100, optional(positive), "held-out prompts for before/after; null = all")
     eval_batch_size: int = opt(64, positive)
-    report_to: list[Literal["tensorboard", "wandb"]] = opt([], doc="extra trackers through accelerate")
+    report_to: Optional[list[Tracker]] = opt(None, doc="experiment trackers of this stage; null = the top-level "
+                                             "report_to")
 
     @property
     def toxic_per_batch(self) -> int | None:
@@ -311,6 +318,8 @@ class ExperimentConfig:
     run_name: Optional[str] = opt(None, optional(path_name), "defaults to the config file's stem; a folder name")
     output_dir: str = opt("runs", doc="'~' is expanded")
     seed: int = opt(42, seed_value)
+    report_to: list[Tracker] = opt([], doc="experiment trackers every training stage reports to (pip install "
+                                   "'rlhf[trackers]'); a stage's own report_to, when set, replaces it")
     model: ModelConfig = opt(ModelConfig())
     data: DataConfig = opt(DataConfig())
     tinyworld: Optional[TinyWorldConfig] = opt(None, doc="present = build and use the offline tiny world")
@@ -331,6 +340,11 @@ class ExperimentConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / (self.run_name or "run")
+
+    def trackers(self, stage: str) -> list[str]:
+        """The trackers ``stage`` (sft, reward or ppo) reports to: its own report_to, else the top-level one."""
+        own = getattr(self, stage).report_to
+        return list(self.report_to if own is None else own)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, stages: Iterable[str] = ()) -> ExperimentConfig:

@@ -19,6 +19,7 @@ from typing import Callable
 from rlhf.config import ExperimentConfig, load_config
 from rlhf.errors import UserError, shown
 from rlhf.rundir import check_finished_unchanged, is_finished, run_lock, stage_dir
+from rlhf.trackers import check_installed
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # File-system refusals the user can fix (permissions, a full or read-only disk or quota, a file in the way,
@@ -26,6 +27,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
                errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG, errno.EMLINK}
 StageMain = Callable[..., dict]
+TRAINING_STAGES = {"sft", "reward", "ppo"}  # the stages with experiment trackers (config.trackers)
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,7 +67,11 @@ def load(config_path: str | None, overrides: list[str], stages=()) -> Experiment
     path = Path(config_path) if config_path else DEFAULT_CONFIG
     if config_path is None and not path.is_file():
         raise UserError(f"the built-in config {path} is missing: pass a CONFIG file")
-    return resolve_tinyworld(load_config(path, overrides, stages))
+    config = load_config(path, overrides, stages)
+    for stage in set(stages) & TRAINING_STAGES:  # a tracker is refused before any stage runs, not after one trained
+        check_installed(config.trackers(stage), "report_to" if getattr(config, stage).report_to is None
+                        else f"{stage}.report_to")
+    return resolve_tinyworld(config)
 
 
 def resumable(main: StageMain) -> bool:

@@ -263,8 +263,9 @@ def class_weights(labels: list[int]) -> torch.Tensor:
     return counts.sum() / (2 * counts.clamp(min=1))
 
 
-def train_classifier(model, tokenizer, splits, cfg: RewardConfig, output_dir: Path, seed: int):
-    """Fine-tune ``model`` with the transformers Trainer; early stopping on validation loss."""
+def train_classifier(model, tokenizer, splits, cfg: RewardConfig, output_dir: Path, seed: int, callbacks=()):
+    """Fine-tune ``model`` with the transformers Trainer; early stopping on validation loss.
+    ``callbacks``: more Trainer callbacks (the stage's log, :func:`rlhf.trackers.trainer_logger`)."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     from rlhf.progress import quiet_trainer, trainer_callback
@@ -293,7 +294,8 @@ def train_classifier(model, tokenizer, splits, cfg: RewardConfig, output_dir: Pa
     trainer = Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=weighted_loss,
-        callbacks=[trainer_callback("reward"), *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [])],
+        callbacks=[trainer_callback("reward"), *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else []),
+                   *callbacks],
     )
     quiet_trainer(trainer)
     result = trainer.train()

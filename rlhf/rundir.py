@@ -42,7 +42,7 @@ STAGE_SECTIONS = {
 
 # Settings that change how a stage runs, not what it produces (compiled kernels compute the same
 # maths; trackers only watch): a finished stage is not redone for them.
-RUN_ONLY = frozenset({"ppo.compile", "ppo.report_to"})
+RUN_ONLY = frozenset({"ppo.compile", "report_to", "sft.report_to", "reward.report_to", "ppo.report_to"})
 
 
 def library_versions() -> dict[str, str]:

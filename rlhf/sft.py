@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from rlhf.artifacts import atomic_dir, atomic_write_json, atomic_write_text, read_json, truncate_jsonl
 from rlhf.checkpoints import CheckpointError, numbered, read_json_state, read_safetensors, read_torch, require_files
 from rlhf.config import ExperimentConfig, SftVariant, config_from_dict, to_dict, to_yaml
 from rlhf.configdiff import resume_changes
@@ -18,6 +18,7 @@ from rlhf.models import apply_lora, count_parameters
 from rlhf.progress import quiet_trainer, trainer_callback
 from rlhf.prompts import fit_prompts
 from rlhf.runtime import PeakRss, precision_note, use_cpu
+from rlhf.trackers import Trackers, trainer_logger
 
 # What an SFT resume may change: how long to train (sft.max_steps / sft.epochs: the Trainer builds
 # its learning-rate schedule for the new length and continues it from the restored step) and what
@@ -27,7 +28,7 @@ from rlhf.runtime import PeakRss, precision_note, use_cpu
 # early-stopping state from the checkpoint and would silently ignore new values, and the rest (LoRA
 # shape, batch sizes, lengths, warmup, model, data, seed) change the model or the maths.
 SAFE_ON_RESUME = frozenset({"sft.epochs", "sft.max_steps", "sft.eval_batch_size", "sft.eval_n_dialogues",
-                            "sft.max_new_tokens", "sft.save_merged"})
+                            "sft.max_new_tokens", "sft.save_merged", "sft.report_to"})
 SECTIONS = ("seed", "model", "data", "tinyworld", "sft")
 HF_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
@@ -176,10 +177,12 @@ def leftovers(stage_dir: Path) -> list[str]:
 
 
 def train_variant(model, tokenizer, train_ds, eval_ds, config: ExperimentConfig, variant: SftVariant,
-                  stage_dir: Path, resume: bool = False, callbacks=()) -> TrainResult:
+                  stage_dir: Path, resume: bool = False, callbacks=(), trackers: Trackers | None = None) -> TrainResult:
     """Train ``model`` and save it atomically to ``stage_dir/<variant>/model`` (full) or ``.../adapter``.
 
-    ``resume``: continue from the newest usable checkpoint, settings checked against its record."""
+    ``resume``: continue from the newest usable checkpoint, settings checked against its record.
+    The Trainer's log rows go to ``stage_dir/<variant>/metrics.jsonl`` and to ``trackers`` (under
+    ``<variant>/``)."""
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer
 
     ckpt_dir = stage_dir / "checkpoints" / variant.name
@@ -194,6 +197,12 @@ def train_variant(model, tokenizer, train_ds, eval_ds, config: ExperimentConfig,
     quiet_trainer(trainer)
     say = print if trainer.is_world_process_zero() else (lambda *_: None)
     resume_from = resume_checkpoint(stage_dir, config, variant, log=say) if resume else None
+    start = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
+    log_path = stage_dir / variant.name / "metrics.jsonl"
+    if trainer.is_world_process_zero():  # a resumed variant logs the steps after its checkpoint again
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(log_path, lambda row: isinstance(row.get("step"), int) and row["step"] <= start)
+    trainer.add_callback(trainer_logger(log_path, trackers, prefix=f"{variant.name}/"))
     shortened = {"train_prompts_shortened": count_shortened(train_ds),  # over-long dialogues cut inside the
                  "eval_prompts_shortened": count_shortened(eval_ds)}       # template (tokenize_split)
     if shortened["train_prompts_shortened"]:
@@ -214,7 +223,7 @@ def train_variant(model, tokenizer, train_ds, eval_ds, config: ExperimentConfig,
         "precision": precision_note(config.model.dtype, config.model.mixed_precision),
         "train_loss": out.training_loss, "global_step": out.global_step, "resumed_from": resume_from,
         # transformers' train_loss is the mean over the steps this process trained: after a resume, from here on
-        "train_loss_since_step": int(Path(resume_from).name.split("-")[1]) if resume_from else 0,
+        "train_loss_since_step": start,
         **shortened,
         "best_eval_loss": trainer.state.best_metric, "world_size": trainer.args.world_size, "learning_rate": variant.learning_rate, "method": variant.method,
     }

@@ -78,7 +78,7 @@ class Batch:
 
 class PPOTrainer:
     def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: PpoConfig, *, seed: int,
-                 max_input_length: int, score_with_prompt: bool = False, accelerator=None, log_dir: Path | None = None,
+                 max_input_length: int, score_with_prompt: bool = False, accelerator=None,
                  config_record: dict | None = None, mixed_precision: str = "no", toxic: list[bool] | None = None,
                  ptx: PtxPairs | None = None):
         from accelerate import Accelerator
@@ -98,12 +98,9 @@ class PPOTrainer:
             AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = accelerator or Accelerator(
             cpu=use_cpu(), mixed_precision=mixed_precision,  # autocast over fp32 master weights
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=cfg.report_to or None,
-            project_dir=str(log_dir) if log_dir else None)
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps)
         check_update_plan(cfg, self.accelerator.num_processes)
         seed_process(seed, self.accelerator.process_index)
-        if cfg.report_to:  # TensorBoard / W&B through accelerate's trackers
-            self.accelerator.init_trackers("rlhf-ppo")
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, eps=1e-5)
         self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
@@ -246,10 +243,6 @@ class PPOTrainer:
             with self.accelerator.autocast():
                 states = pad_cat(states, encoder_states(self.policy.lm, ptx.queries, len(ptx.targets)), 0.0)
         return inputs, states
-
-    def log(self, stats: dict) -> None:
-        if self.cfg.report_to:
-            self.accelerator.log({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=stats["step"])
 
     def gather_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.accelerator.gather(x.detach().float().reshape(-1)).mean()

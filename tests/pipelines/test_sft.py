@@ -9,7 +9,7 @@ from rlhf.data import load_splits
 from rlhf.generation import generate
 from rlhf.models import load_seq2seq, load_tokenizer
 from rlhf.prompts import format_prompt
-from rlhf.sft import load_variant, prepare_model, tokenize_split, train_variant
+from rlhf.sft import load_variant, prepare_model, tokenize_split, train_variant, variant_folder
 
 from ..conftest import SFT, Interrupt, sft_config, small_raw, stop_at
 
@@ -62,11 +62,22 @@ def test_resume_after_interruption_matches_straight_run(tmp_path, method):
     straight, straight_model = run(tmp_path / "a")
     with pytest.raises(Interrupt):
         run(tmp_path / "b", callbacks=[stop_at(5)])
-    assert not (tmp_path / "b" / method).exists()  # nothing left looking finished
+    assert not (tmp_path / "b" / method / "train_metrics.json").exists()  # nothing left looking finished
+    assert not variant_folder(tmp_path / "b", variant).exists()
     resumed, resumed_model = run(tmp_path / "b", resume=True)
     assert resumed.metrics["resumed_from"].endswith("checkpoint-4") and resumed.metrics["global_step"] == 6
     for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+    def logged(folder):  # the variant's metrics.jsonl: the steps of each row and their figures (not timings)
+        rows = [json.loads(line) for line in (folder / method / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r.get("loss"), r.get("eval_loss")) for r in rows if "train_runtime" not in r]
+
+    straight_rows, resumed_rows = logged(tmp_path / "a"), logged(tmp_path / "b")  # steps 5, 6 once, not twice
+    assert [r[0] for r in resumed_rows] == [r[0] for r in straight_rows] and len(straight_rows) == 9
+    for (_, *a), (_, *b) in zip(straight_rows, resumed_rows):
+        assert [x is None for x in a] == [x is None for x in b]
+        assert [x for x in a if x is not None] == pytest.approx([x for x in b if x is not None], rel=1e-4, abs=1e-6)
 
 
 def test_sft_under_torchrun_two_processes(tmp_path):

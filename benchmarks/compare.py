@@ -1,4 +1,4 @@
-"""Our PPO step vs the classic TRL 0.11.4 seq2seq PPOTrainer, alternating runs on identical inputs.
+"""Our PPO step vs the classic TRL 0.11.4 seq2seq RLTrainer, alternating runs on identical inputs.
 
 The peer (../shared/peers/trl011/bench_trl.py, run in its own venv at $PEER/venv) writes the
 initial weights, tokenizer and prompts first; both implementations then start from them (the same
@@ -7,7 +7,7 @@ draw, and our batches are a seeded permutation of the prompts, not the peer's or
 in tokens per measured step). Runs
 alternate (peer, ours, peer, ours, ...) because this kind of VM changes speed over time. Each
 round runs the peer, then our step with the peer's settings and numerics (fp32) eagerly and with
-``ppo.compile`` (the headline ratio when it compiled), then two variants that are not like for
+``rl.compile`` (the headline ratio when it compiled), then two variants that are not like for
 like: bf16 autocast, and the frozen encoder (LoRA on the decoder only, a different trainable set).
 
     python benchmarks/compare.py [--steps N] [--rounds R] [--variants fp32,compiled,bf16,frozen_encoder]
@@ -61,7 +61,7 @@ def run(cmd: list[str], cwd: Path) -> dict:
 
 VARIANTS = {  # our step, each run in every round right after the peer's
     "fp32": [],  # the peer's settings exactly, eager
-    "compiled": ["--compile"],  # the same, with ppo.compile (fp32, same settings: the headline ratio)
+    "compiled": ["--compile"],  # the same, with rl.compile (fp32, same settings: the headline ratio)
     "bf16": ["--mixed-precision", "bf16"],  # bf16 autocast over fp32 master weights
     "frozen_encoder": ["--frozen-encoder"],  # LoRA on the decoder's q,v only (a different trainable set)
 }

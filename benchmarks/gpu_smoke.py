@@ -64,19 +64,19 @@ def nvsmi_peak(log: Path | None) -> float | None:
 def run_lines(run_dir: Path, nvsmi_log: Path | None = None) -> list[str]:
     """Stage times, PPO step times and peak memory of one run folder, as printable lines."""
     lines = [f"== {run_dir.name} ({run_dir})"]
-    stages = {s: read_json(run_dir / s / "manifest.json") for s in ("prompt", "sft", "reward", "ppo", "evaluate")}
+    stages = {s: read_json(run_dir / s / "manifest.json") for s in ("prompt", "sft", "reward", "rl", "evaluate")}
     done = {s: m["seconds"] for s, m in stages.items() if m}
     lines.append("stage seconds: " + (", ".join(f"{s} {t:.1f}" for s, t in done.items()) or "no stage finished"))
-    log = run_dir / "ppo" / "metrics.jsonl"
+    log = run_dir / "rl" / "metrics.jsonl"
     rows = log.read_text().splitlines() if log.is_file() else []
     steps = [json.loads(line)["time/step"] for line in rows if line.strip()]
     if steps:
         rest = steps[1:] or steps
-        lines.append(f"ppo step seconds: first {steps[0]:.2f}, median of the rest {statistics.median(rest):.2f} "
+        lines.append(f"rl step seconds: first {steps[0]:.2f}, median of the rest {statistics.median(rest):.2f} "
                      f"({len(steps)} steps: {', '.join(f'{s:.2f}' for s in steps)})")
-    ppo = read_json(run_dir / "ppo" / "metrics.json") or {}
-    if "peak_memory_mb" in ppo:
-        lines.append(f"ppo peak memory while training: {ppo['peak_memory_mb']:.0f} MiB ({ppo.get('precision', '?')})")
+    rl = read_json(run_dir / "rl" / "metrics.json") or {}
+    if "peak_memory_mb" in rl:
+        lines.append(f"rl peak memory while training: {rl['peak_memory_mb']:.0f} MiB ({rl.get('precision', '?')})")
     sft = (read_json(run_dir / "sft" / "metrics.json") or {}).get("variants", {})
     for name, v in sft.items():
         if v.get("peak_memory_mb") is not None:

@@ -82,8 +82,8 @@ RUNS="$WORK/runs"
 STANDINS="$WORK/standins"
 TINY=(output_dir="$RUNS")
 LAB=(output_dir="$RUNS" run_name=lab-ppo model.name="$STANDINS/t5" data.source="$STANDINS/dialogsum"
-     reward.pretrained="$STANDINS/roberta-hate" model.mixed_precision=bf16 ppo.start_from=base ppo.steps=2
-     ppo.save_steps=2 ppo.sample_steps=2 ppo.eval_n_dialogues=16)
+     reward.pretrained="$STANDINS/roberta-hate" model.mixed_precision=bf16 rl.start_from=base rl.steps=2
+     rl.save_steps=2 rl.sample_steps=2 rl.eval_n_dialogues=16)
 T5_SHAPE=base
 if [ "$DEVICE" = cpu ]; then  # toy sizes: this checks the script's plumbing in minutes
   TINY+=(tinyworld.n_dialogues=200 tinyworld.n_toxicity_texts=200 tinyworld.vocab_size=600 tinyworld.d_model=32
@@ -92,11 +92,11 @@ if [ "$DEVICE" = cpu ]; then  # toy sizes: this checks the script's plumbing in 
          "sft.variants=[{name: full, method: full, learning_rate: 0.003, max_steps: 2},
                         {name: lora, method: lora, learning_rate: 0.01, max_steps: 2}]"
          sft.eval_steps=2 sft.save_steps=2 sft.eval_n_dialogues=4 sft.max_new_tokens=8 reward.epochs=1
-         ppo.steps=2 ppo.batch_size=8 ppo.mini_batch_size=4 ppo.ppo_epochs=1 ppo.max_new_tokens=8 ppo.save_steps=2
-         ppo.sample_steps=2 ppo.eval_n_dialogues=4 evaluate.n_dialogues=8 evaluate.n_samples=2
+         rl.steps=2 rl.batch_size=8 rl.mini_batch_size=4 rl.epochs=1 rl.max_new_tokens=8 rl.save_steps=2
+         rl.sample_steps=2 rl.eval_n_dialogues=4 evaluate.n_dialogues=8 evaluate.n_samples=2
          evaluate.bootstrap_resamples=100)
-  LAB+=(data.max_samples=32 ppo.batch_size=4 ppo.mini_batch_size=2 ppo.ppo_epochs=1 ppo.max_new_tokens=8
-        ppo.eval_n_dialogues=2)
+  LAB+=(data.max_samples=32 rl.batch_size=4 rl.mini_batch_size=2 rl.epochs=1 rl.max_new_tokens=8
+        rl.eval_n_dialogues=2)
 fi
 
 
@@ -124,7 +124,7 @@ lab_ppo() {
   [ "$DRY" = 1 ] || "$PY" "$ROOT/benchmarks/standins.py" --out "$STANDINS" --shared "$SHARED" --t5 "$T5_SHAPE" \
     --only t5,dialogsum,roberta-hate
   rlhf reward "$ROOT/configs/flan_t5_base_dialogsum.yaml" "${LAB[@]}"
-  rlhf ppo "$ROOT/configs/flan_t5_base_dialogsum.yaml" "${LAB[@]}"
+  rlhf rl "$ROOT/configs/flan_t5_base_dialogsum.yaml" "${LAB[@]}"
 }
 
 cd "$ROOT"

@@ -157,7 +157,7 @@ def main() -> None:
     args.steps += 1
     trainer = build_trainer(args, tok, prompts)
     trainer.step()  # warm-up
-    import rlhf.ppo.trainer as trainer_module
+    import rlhf.rl.trainer as trainer_module
 
     recorder, walls, query_tokens, phase_walls = KernelRecorder(), [], [], Counter()
     trainer_module.Timer = recorder.tag_phases(trainer_module.Timer)

@@ -88,19 +88,19 @@ def tokenizer_and_prompts(tokenizer_dir: str | None, prompts_file: str | None, n
 
 
 def build_trainer(args, tok, prompts):
-    from rlhf.config import LoraConfig, PpoConfig
+    from rlhf.config import LoraConfig, RlConfig
     from rlhf.models import apply_lora
-    from rlhf.ppo.model import Policy, ValueHead
-    from rlhf.ppo.trainer import PPOTrainer
+    from rlhf.rl.model import Policy, ValueHead
+    from rlhf.rl.trainer import RLTrainer
 
-    cfg = PpoConfig(start_from="base", lora=LoraConfig(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
+    cfg = RlConfig(start_from="base", lora=LoraConfig(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
                     learning_rate=1.41e-5, steps=args.steps, batch_size=args.batch_size, mini_batch_size=4,
-                    ppo_epochs=4, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                    epochs=4, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                     frozen_encoder=args.frozen_encoder, compile=getattr(args, "compile", False))
     lm = flan_t5_small(args.model_in)
     torch.manual_seed(0)
     policy = Policy(apply_lora(lm, cfg.lora, decoder_only=cfg.frozen_encoder), ValueHead(lm.config.d_model)).eval()
-    return PPOTrainer(policy, tok, WordsReward(), prompts, cfg, seed=0, max_input_length=512,
+    return RLTrainer(policy, tok, WordsReward(), prompts, cfg, seed=0, max_input_length=512,
                       mixed_precision=getattr(args, "mixed_precision", "no"))
 
 
@@ -135,8 +135,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", help="tokenizer folder (the peer's --tokenizer)")
     ap.add_argument("--prompts", help="JSONL with a 'query' field (the peer's --prompts-out)")
     ap.add_argument("--rollout-compare", action="store_true", help="also time per-prompt generation")
-    ap.add_argument("--frozen-encoder", action="store_true", help="LoRA on the decoder only (ppo.frozen_encoder)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the update's forward/backward (ppo.compile)")
+    ap.add_argument("--frozen-encoder", action="store_true", help="LoRA on the decoder only (rl.frozen_encoder)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the update's forward/backward (rl.compile)")
     ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
                     help="bf16 autocast over fp32 master weights (model.mixed_precision)")
     args = ap.parse_args()

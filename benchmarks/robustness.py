@@ -7,7 +7,7 @@ another machine (that run builds its own tiny world under that setting, in --out
 Each run's report is checked against the demo's targets; one row per run.
 
     python benchmarks/robustness.py [--out runs/robustness] [--runs 42:0,1:0] [--table RESULTS_ROWS.md]
-                                    [--set ppo.batch_size=64 ...]
+                                    [--set rl.batch_size=64 ...]
 
 A run already finished under --out is reused (delete its folder to redo it). Exit code 0 when
 every row meets every target.

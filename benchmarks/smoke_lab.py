@@ -45,8 +45,8 @@ SIZES = [  # a few dialogues, few steps, short generations; the lab's structure 
      "{name: beams_2, num_beams: 2}]"),
     "sft.max_steps=2", "sft.batch_size=2", "sft.eval_batch_size=8", "sft.eval_steps=2", "sft.save_steps=2",
     "sft.eval_n_dialogues=4", "sft.max_new_tokens=8",
-    "ppo.steps=3", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.ppo_epochs=2", "ppo.max_new_tokens=8",
-    "ppo.save_steps=2", "ppo.sample_steps=2", "ppo.eval_n_dialogues=4", "ppo.eval_batch_size=8",
+    "rl.steps=3", "rl.batch_size=4", "rl.mini_batch_size=2", "rl.epochs=2", "rl.max_new_tokens=8",
+    "rl.save_steps=2", "rl.sample_steps=2", "rl.eval_n_dialogues=4", "rl.eval_batch_size=8",
     "evaluate.n_samples=2", "evaluate.batch_size=16", "evaluate.bootstrap_resamples=200",
 ]
 
@@ -105,9 +105,9 @@ def generated_texts(run_dir: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     out["prompt/samples.json"] = [s["output"] for s in json.loads((run_dir / "prompt" / "samples.json").read_text())]
     out["sft/samples.md"] = (run_dir / "sft" / "samples.md").read_text().splitlines()
-    rows = json.loads((run_dir / "ppo" / "before_after.json").read_text())
-    out["ppo/before_after.json"] = [r[k] for r in rows for k in ("before", "after")]
-    out["ppo/samples"] = [line for p in sorted((run_dir / "ppo" / "samples").glob("*.md"))
+    rows = json.loads((run_dir / "rl" / "before_after.json").read_text())
+    out["rl/before_after.json"] = [r[k] for r in rows for k in ("before", "after")]
+    out["rl/samples"] = [line for p in sorted((run_dir / "rl" / "samples").glob("*.md"))
                           for line in p.read_text().splitlines()]
     out["evaluate/generations.jsonl"] = [t for r in read_records(run_dir) for side in ("before", "after")
                                          for t in [r[side]["greedy"], *r[side]["samples"]]]
@@ -188,12 +188,12 @@ def warning_notes(output: str) -> list[str]:
     return [f"printed {n}x: {line}" for line, n in seen.items()]
 
 
-def progress_problems(output: str, sft_variants: list[str], ppo_steps: int) -> list[str]:
+def progress_problems(output: str, sft_variants: list[str], rl_steps: int) -> list[str]:
     """Plain progress lines (no terminal): the PPO stage's and each SFT variant's, and no bar redraws."""
     seen = {m["desc"]: m for m in (PROGRESS.match(line) for line in output.splitlines()) if m}
-    problems = [f"no progress line for {d}" for d in ["ppo", *(f"sft/{v}" for v in sft_variants)] if d not in seen]
-    if "ppo" in seen and seen["ppo"]["total"] != str(ppo_steps):
-        problems.append(f"ppo progress counts to {seen['ppo']['total']}, not ppo.steps={ppo_steps}")
+    problems = [f"no progress line for {d}" for d in ["rl", *(f"sft/{v}" for v in sft_variants)] if d not in seen]
+    if "rl" in seen and seen["rl"]["total"] != str(rl_steps):
+        problems.append(f"rl progress counts to {seen['rl']['total']}, not rl.steps={rl_steps}")
     if "\r" in output:
         problems.append("carriage returns in the piped output: a progress bar drew on a non-terminal")
     return problems
@@ -227,7 +227,7 @@ def all_checks(work: Path, output: str, env: dict, timeout: float) -> tuple[list
     problems += wrong_label_problems(neg, env, timeout)
     problems += grouping_problems(records, expected_groups(test_rows_used(config)))
     rouge_issues, note = rouge_problems(records, report)
-    problems += rouge_issues + progress_problems(output, [v.name for v in config.sft.variants], config.ppo.steps)
+    problems += rouge_issues + progress_problems(output, [v.name for v in config.sft.variants], config.rl.steps)
     per_record = sorted({len(r["references"]) for r in records})
     notes += [note, f"{len(records)} evaluate records, references per record {per_record}", *warning_notes(output),
               *(line for line in output.splitlines() if re.match(r"^\w+: done in ", line))]

@@ -1,3 +1,3 @@
 """One thin module per stage, each exposing ``main(config)``; ``STAGES`` is the run order."""
 
-STAGES = ["prompt", "sft", "reward", "ppo", "evaluate"]
+STAGES = ["prompt", "sft", "reward", "rl", "evaluate"]

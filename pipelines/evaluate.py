@@ -29,16 +29,16 @@ from rlhf.sft import start_paths
 from rlhf.tinyworld.build import resolve_tinyworld
 
 
-def load_pair(config: ExperimentConfig, ppo_dir):
+def load_pair(config: ExperimentConfig, rl_dir):
     """(after LM, frozen before LM or None) from the PPO stage's saved artifacts. None means the
     before-policy is the after LM with its adapter disabled: the SFT model PPO started from."""
-    if config.ppo.policy == "lora":
+    if config.rl.policy == "lora":
         from peft import PeftModel
 
-        base = load_seq2seq(config.model, str(ppo_dir / "policy_base"))
-        return PeftModel.from_pretrained(base, str(ppo_dir / "policy")).eval(), None
+        base = load_seq2seq(config.model, str(rl_dir / "policy_base"))
+        return PeftModel.from_pretrained(base, str(rl_dir / "policy")).eval(), None
     before = load_seq2seq(config.model, start_paths(config, config.run_dir / "sft")[0])
-    return load_seq2seq(config.model, str(ppo_dir / "policy")), before
+    return load_seq2seq(config.model, str(rl_dir / "policy")), before
 
 
 def responses(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> dict:
@@ -75,12 +75,12 @@ def _unflat(values: list, n: int, k: int) -> dict:
     return {"greedy": values[:n], "samples": [values[n + i * k:n + (i + 1) * k] for i in range(n)]}
 
 
-def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str], tokenizer, ppo_dir, reward_dir):
+def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str], tokenizer, rl_dir, reward_dir):
     """Per-prompt records (responses, scores, NLL under the base model), and KL(after || before),
     the judges that ran and the strata rule."""
     cfg = config.evaluate
     n, k, max_input = len(prompts), cfg.n_samples, config.model.max_input_length
-    after_lm, frozen_before = load_pair(config, ppo_dir)
+    after_lm, frozen_before = load_pair(config, rl_dir)
     gens = {"after": responses(after_lm, tokenizer, prompts, config)}
     kl_texts = kl_samples(after_lm, tokenizer, prompts, config)
     lp_args = (tokenizer, prompts, kl_texts, max_input, cfg.batch_size)
@@ -122,7 +122,7 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
 def main(config: ExperimentConfig) -> dict:
     config = resolve_tinyworld(config)
     cfg = config.evaluate
-    ppo_dir = require_stage(config, "ppo", "evaluate")
+    rl_dir = require_stage(config, "rl", "evaluate")
     reward_dir = require_stage(config, "reward", "evaluate")
     dialogues = load_eval_dialogues(config.data, config.seed, cfg.n_dialogues)  # before the stage folder is touched
     stage = start_stage(config, "evaluate")
@@ -130,7 +130,7 @@ def main(config: ExperimentConfig) -> dict:
     prompts, shortened = fit_prompts([d.dialogue for d in dialogues], config.data.template, tokenizer,
                                      config.model.max_input_length)  # over-long dialogues cut inside the template
     with autocast(config.model.mixed_precision):
-        records, info = _generate_and_score(config, dialogues, prompts, tokenizer, ppo_dir, reward_dir)
+        records, info = _generate_and_score(config, dialogues, prompts, tokenizer, rl_dir, reward_dir)
     atomic_write_jsonl(stage.dir / "generations.jsonl", records)
     judges = info["judges_run"]
     protocol = summarize(records, [REWARD_MODEL, *judges], judges, cfg.threshold, cfg.bootstrap_resamples, config.seed,

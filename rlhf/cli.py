@@ -27,7 +27,7 @@ from rlhf.errors import UserError
 
 COMMANDS = ("run", *STAGES, "report", "estimate", "config", "tinyworld")
 # Each option and the commands that read it ("STAGE": every stage): any other command refuses it by name
-OPTIONS = {"--force": ("run", "STAGE"), "--resume": ("run", "sft", "ppo"), "--out": ("tinyworld",),
+OPTIONS = {"--force": ("run", "STAGE"), "--resume": ("run", "sft", "rl"), "--out": ("tinyworld",),
            "--seed": ("tinyworld",), "--prompt-tokens": ("estimate",), "--keys": ("config",)}
 
 
@@ -111,7 +111,7 @@ def _config(argv: list[str]) -> None:
                               "under SECTION) with its type, default, value here and meaning.")
     add_config_args(p, optional=True)
     p.add_argument("--keys", nargs="?", const="", metavar="SECTION", help="list the keys (of SECTION, e.g. ppo or "
-                   "ppo.kl) with type, default and doc")
+                   "rl.kl) with type, default and doc")
     ns = p.parse_intermixed_args(argv)
     from rlhf.config import ExperimentConfig, load_config, to_dict, to_yaml
     from rlhf.configfields import describe_keys

@@ -224,33 +224,62 @@ class KLConfig:
 
 
 @dataclass
-class PpoConfig:
-    """PPO settings. Generation samples with top_k=0, top_p=1, temperature=1 and no min_length:
-    forcing tokens past EOS lets the policy earn reward through negative KL."""
+class PpoSettings:
+    """PPO's critic and credit assignment (rl.algorithm ppo only): a value head on the decoder, GAE
+    over per-token KL-shaped rewards (Schulman et al. 2016, 2017; lm-human-preferences)."""
 
+    vf_coef: float = opt(0.1, non_negative, "weight of the value loss")
+    cliprange_value: float = opt(0.2, positive)
+    gamma: float = opt(1.0, unit_open_closed)
+    lam: float = opt(0.95, unit_open_closed, "GAE lambda; 1.0 = Monte-Carlo advantages")
+    whiten_advantages: bool = opt(True)
+    value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
+
+
+@dataclass
+class GrpoSettings:
+    """GRPO (Shao et al. 2024) and Dr. GRPO (Liu et al. 2025) (rl.algorithm grpo only)."""
+
+    kl_coef: float = opt(0.04, non_negative, "beta: the k3 KL to the reference as a loss term (GRPO's 0.04); "
+                         "rl.kl is not used")
+    scale_rewards: bool = opt(True, doc="divide each group's advantages by its reward std (GRPO); false = Dr. GRPO")
+    length_normaliser: Literal["sequence", "constant"] = opt(
+        "sequence", doc="sequence: each response's loss over its own length (GRPO's 1/|o_i|); constant: over "
+        "rl.max_new_tokens (Dr. GRPO)")
+
+
+@dataclass
+class RlConfig:
+    """The RL stage: PPO (the default), RLOO or GRPO from the SFT policy, against the reward model,
+    held near the SFT model. Sampling is from the full softmax (top_k=0, top_p=1, temperature=1)
+    with no min_length: forcing tokens past EOS lets the policy earn reward through negative KL."""
+
+    algorithm: Literal["ppo", "rloo", "grpo"] = opt(
+        "ppo", doc="ppo: value head, GAE, clipped ratio per token; rloo: k samples per prompt, leave-one-out baseline, "
+        "KL in the reward (Ahmadian et al. 2024); grpo: k samples, group-normalised advantages, KL as a loss term "
+        "(Shao et al. 2024; rl.grpo for Dr. GRPO)")
     start_from: str = opt("lora", doc="SFT variant to start from (its adapter or model), or 'base'")
     policy: Literal["lora", "full"] = opt("lora", doc="lora: fresh LoRA on the merged SFT model; full: all weights")
     lora: LoraConfig = opt(LoraConfig())
     learning_rate: float = opt(1.41e-5, positive)
-    steps: int = opt(20, positive, "PPO steps (one batch of rollouts each)")
-    batch_size: int = opt(16, positive, "rollouts per step, over all processes")
-    mini_batch_size: int = opt(4, positive)
-    ppo_epochs: int = opt(4, positive)
+    steps: int = opt(20, positive, "RL steps (one batch of rollouts each)")
+    batch_size: int = opt(16, positive, "rollouts per step, over all processes: prompts x group_size")
+    group_size: int = opt(1, positive, "responses sampled per prompt from one encoder pass (the group RLOO's baseline "
+                          "and GRPO's normalisation use); 1 for ppo, >= 2 for rloo and grpo")
+    mini_batch_size: int = opt(4, positive, "rollouts per update mini-batch (whole groups: a multiple of group_size)")
+    epochs: int = opt(4, positive, "passes over each step's rollouts")
     gradient_accumulation_steps: int = opt(1, positive)
     bucket_by_length: bool = opt(True, doc="group prompts of similar length into mini-batches (less padding)")
     max_new_tokens: int = opt(32, positive)
     min_new_tokens: int = opt(0, non_negative, "benchmark parity only: forcing tokens past EOS lets the policy "
                               "earn reward through negative KL")
-    kl: KLConfig = opt(KLConfig())
-    cliprange: float = opt(0.2, positive)
-    cliprange_value: float = opt(0.2, positive)
-    vf_coef: float = opt(0.1, non_negative)
-    gamma: float = opt(1.0, unit_open_closed)
-    lam: float = opt(0.95, unit_open_closed)
+    kl: KLConfig = opt(KLConfig(), doc="the KL penalty in the reward (ppo, rloo) and its coefficient's controller")
+    cliprange: float = opt(0.2, positive, "the policy ratio's clip range")
+    ppo: PpoSettings = opt(PpoSettings())
+    grpo: GrpoSettings = opt(GrpoSettings())
     max_grad_norm: float = opt(1.0, positive)
-    target_kl: Optional[float] = opt(None, optional(positive), "stop the PPO epochs early when approx KL exceeds it")
+    target_kl: Optional[float] = opt(None, optional(positive), "stop a step's epochs early when approx KL exceeds it")
     score_clip: Optional[float] = opt(None, optional(positive), "clip scores to [-c, c]")
-    whiten_advantages: bool = opt(True)
     frozen_encoder: bool = opt(False, doc="seq2seq only: LoRA on the decoder alone, so the encoder states of the "
                                "rollout serve the reference and every update (no encoder in the update); needs "
                                "policy lora; refused if any encoder weight would train")
@@ -259,10 +288,10 @@ class PpoConfig:
                         "unavailable")
     toxic_share: Optional[float] = opt(None, optional(unit_open), "share of each batch drawn from the toxic training "
                                        "prompts (data.toxic_column), the rest from the clean ones; null = as they come")
-    ptx_coef: float = opt(0.0, non_negative, "PPO-ptx (InstructGPT): add this x the SFT loss of a mini-batch of "
-                          "training (dialogue, summary) pairs to every update, so the policy keeps summarizing where "
-                          "the reward is flat; with data.toxic_column only pairs not marked toxic; 0 = off")
-    value_head_init_std: float = opt(0.0, non_negative, "0 = zero-initialised value head")
+    ptx_coef: float = opt(0.0, non_negative, "PPO-ptx (InstructGPT; every algorithm): add this x the SFT loss of a "
+                          "mini-batch of training (dialogue, summary) pairs to every update, so the policy keeps "
+                          "summarizing where the reward is flat; with data.toxic_column only pairs not marked toxic; "
+                          "0 = off")
     save_steps: int = opt(10, positive, "checkpoint every N steps")
     sample_steps: int = opt(10, positive, "write sample generations every N steps")
     eval_n_dialogues: Optional[int] = opt(100, optional(positive), "held-out prompts for before/after; null = all")
@@ -271,17 +300,22 @@ class PpoConfig:
                                              "report_to")
 
     @property
+    def prompts_per_batch(self) -> int:
+        """Prompts sampled per step (each gives ``group_size`` rollouts)."""
+        return self.batch_size // self.group_size
+
+    @property
     def toxic_per_batch(self) -> int | None:
         """Toxic prompts in every batch under ``toxic_share`` (None: no stratified batches)."""
-        return None if self.toxic_share is None else round(self.batch_size * self.toxic_share)
+        return None if self.toxic_share is None else round(self.prompts_per_batch * self.toxic_share)
 
     def mini_batch_per_process(self, world: int) -> int:
-        """Rollouts in each process's share of a mini-batch (at least one)."""
-        return max(1, self.mini_batch_size // world)
+        """Rollouts in each process's share of a mini-batch: whole groups, at least one."""
+        return max(1, self.mini_batch_size // self.group_size // world) * self.group_size
 
     def mini_batches_per_update(self, world: int) -> int:
-        """Mini-batch passes of one update on each process: ``ppo_epochs`` x its rollouts per mini-batch."""
-        return self.ppo_epochs * -(-(self.batch_size // world) // self.mini_batch_per_process(world))
+        """Mini-batch passes of one update on each process: ``epochs`` x its rollouts per mini-batch."""
+        return self.epochs * -(-(self.batch_size // world) // self.mini_batch_per_process(world))
 
 
 @dataclass
@@ -326,7 +360,7 @@ class ExperimentConfig:
     prompt: PromptConfig = opt(PromptConfig())
     sft: SftConfig = opt(SftConfig())
     reward: RewardConfig = opt(RewardConfig())
-    ppo: PpoConfig = opt(PpoConfig())
+    rl: RlConfig = opt(RlConfig())
     evaluate: EvaluateConfig = opt(EvaluateConfig())
 
     def __post_init__(self) -> None:
@@ -342,7 +376,7 @@ class ExperimentConfig:
         return Path(self.output_dir) / (self.run_name or "run")
 
     def trackers(self, stage: str) -> list[str]:
-        """The trackers ``stage`` (sft, reward or ppo) reports to: its own report_to, else the top-level one."""
+        """The trackers ``stage`` (sft, reward or rl) reports to: its own report_to, else the top-level one."""
         own = getattr(self, stage).report_to
         return list(self.report_to if own is None else own)
 

@@ -20,14 +20,14 @@ def validate(config, stages: Iterable[str] = ()) -> None:
     """Refuse a config whose keys contradict each other. ``stages``: the stages about to run, for
     the settings only a stage needs (the reward stage's labelled data)."""
     _check_sft(config.sft)
-    _check_ppo(config.ppo)
-    check_update_plan(config.ppo, 1)  # one process; a multi-process run checks its own count when it starts
-    if config.ppo.toxic_share is not None and not config.data.toxic_column:
-        raise UserError(f"config key 'ppo.toxic_share': value {config.ppo.toxic_share} needs data.toxic_column, "
+    _check_rl(config.rl)
+    check_update_plan(config.rl, 1)  # one process; a multi-process run checks its own count when it starts
+    if config.rl.toxic_share is not None and not config.data.toxic_column:
+        raise UserError(f"config key 'rl.toxic_share': value {config.rl.toxic_share} needs data.toxic_column, "
                         f"the column that marks the toxic training prompts")
     variants = [v.name for v in config.sft.variants]
-    if config.ppo.start_from not in ("base", *variants):
-        raise UserError(f"config key 'ppo.start_from': {shown(config.ppo.start_from)} is not an SFT variant "
+    if config.rl.start_from not in ("base", *variants):
+        raise UserError(f"config key 'rl.start_from': {shown(config.rl.start_from)} is not an SFT variant "
                         f"({', '.join(variants)}) or 'base'")
     if "reward" in stages and config.reward.pretrained is None and config.reward.data.source is None:
         raise UserError("config key 'reward.data.source' is not set: the reward stage needs labelled data to train "
@@ -44,35 +44,47 @@ def _check_sft(sft) -> None:
                         f"'base' nor a file of the stage's folder ({', '.join(sorted(SFT_STAGE_ENTRIES))})")
 
 
-def _check_ppo(ppo) -> None:
-    if ppo.batch_size % ppo.mini_batch_size:
-        raise UserError(f"config key 'ppo.batch_size': value {ppo.batch_size} must be a multiple of "
-                        f"ppo.mini_batch_size ({ppo.mini_batch_size})")
-    if ppo.kl.controller == "adaptive" and 5 * ppo.kl.horizon <= ppo.batch_size:
-        raise UserError(f"config key 'ppo.kl.horizon': value {ppo.kl.horizon} must be > 0.2 x ppo.batch_size "
-                        f"({ppo.batch_size}): the adaptive controller scales the coefficient by 1 - 0.2 x "
+def _check_rl(rl) -> None:
+    k = rl.group_size
+    if rl.algorithm == "ppo" and k != 1:
+        raise UserError(f"config key 'rl.group_size': value {k} needs a group method (rl.algorithm rloo or grpo); "
+                        f"ppo samples one response per prompt")
+    if rl.algorithm != "ppo" and k < 2:
+        raise UserError(f"config key 'rl.group_size': value {k} must be >= 2 for rl.algorithm {rl.algorithm} (its "
+                        f"baseline comes from the other responses to the same prompt)")
+    for key in ("batch_size", "mini_batch_size"):
+        if getattr(rl, key) % k:
+            raise UserError(f"config key 'rl.{key}': value {getattr(rl, key)} must be a multiple of rl.group_size "
+                            f"({k}): a prompt's responses stay together")
+    if rl.batch_size % rl.mini_batch_size:
+        raise UserError(f"config key 'rl.batch_size': value {rl.batch_size} must be a multiple of "
+                        f"rl.mini_batch_size ({rl.mini_batch_size})")
+    if rl.kl.controller == "adaptive" and 5 * rl.kl.horizon <= rl.batch_size:
+        raise UserError(f"config key 'rl.kl.horizon': value {rl.kl.horizon} must be > 0.2 x rl.batch_size "
+                        f"({rl.batch_size}): the adaptive controller scales the coefficient by 1 - 0.2 x "
                         f"batch_size / horizon when the KL is low, which would make it zero or negative")
-    if ppo.toxic_per_batch is not None and not 0 < ppo.toxic_per_batch < ppo.batch_size:
-        raise UserError(f"config key 'ppo.toxic_share': value {ppo.toxic_share} gives {ppo.toxic_per_batch} of "
-                        f"{ppo.batch_size} prompts per batch; both toxic and clean ones are needed")
-    if ppo.frozen_encoder and ppo.policy != "lora":
-        raise UserError("config key 'ppo.frozen_encoder': needs ppo.policy lora (a full policy trains the encoder)")
+    if rl.toxic_per_batch is not None and not 0 < rl.toxic_per_batch < rl.prompts_per_batch:
+        raise UserError(f"config key 'rl.toxic_share': value {rl.toxic_share} gives {rl.toxic_per_batch} of "
+                        f"{rl.prompts_per_batch} prompts per batch; both toxic and clean ones are needed")
+    if rl.frozen_encoder and rl.policy != "lora":
+        raise UserError("config key 'rl.frozen_encoder': needs rl.policy lora (a full policy trains the encoder)")
 
 
-def check_update_plan(ppo, world: int) -> None:
+def check_update_plan(rl, world: int) -> None:
     """One line naming the key when the processes' updates could differ, or gradients outlive the
     update whose rollouts made them. DDP reduces gradients inside every backward, so every process
     must run as many mini-batch passes, and an accumulation must end within its update."""
-    if ppo.batch_size % world:
-        raise UserError(f"config key 'ppo.batch_size': {ppo.batch_size} rollouts do not split evenly over {world} "
-                        f"processes (each must run as many mini-batch passes)")
-    accumulate = ppo.gradient_accumulation_steps
+    if rl.prompts_per_batch % world:
+        groups = f" ({rl.prompts_per_batch} prompts x {rl.group_size})" if rl.group_size > 1 else ""
+        raise UserError(f"config key 'rl.batch_size': {rl.batch_size} rollouts{groups} do not split evenly over {world} "
+                        f"processes (each must run as many mini-batch passes; a group stays on one process)")
+    accumulate = rl.gradient_accumulation_steps
     if accumulate > 1:
-        n = ppo.mini_batches_per_update(world)
+        n = rl.mini_batches_per_update(world)
         if n % accumulate:
-            raise UserError(f"config key 'ppo.gradient_accumulation_steps': {accumulate} does not divide the {n} "
+            raise UserError(f"config key 'rl.gradient_accumulation_steps': {accumulate} does not divide the {n} "
                             f"mini-batch passes of an update: the last ones' gradients would be applied in the next "
                             f"step, to its rollouts")
-        if ppo.target_kl is not None:
-            raise UserError(f"config key 'ppo.target_kl': an early stop would leave gradients accumulated "
-                            f"(ppo.gradient_accumulation_steps {accumulate}) for the next step; set one of them")
+        if rl.target_kl is not None:
+            raise UserError(f"config key 'rl.target_kl': an early stop would leave gradients accumulated "
+                            f"(rl.gradient_accumulation_steps {accumulate}) for the next step; set one of them")

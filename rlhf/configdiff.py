@@ -1,7 +1,7 @@
 """Which settings differ between two resolved configs, and whether a resume may go ahead.
 
 Configs are compared as plain dicts (``rlhf.config.to_dict``), flattened to dotted keys:
-``ppo.kl.target``, ``prompt.settings[1].top_p``; a list of scalars is one value.
+``rl.kl.target``, ``prompt.settings[1].top_p``; a list of scalars is one value.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def differences(old: dict, new: dict, sections: Iterable[str]) -> list[tuple[str
 
 
 def describe(diffs: list[tuple[str, Any, Any]]) -> str:
-    """``ppo.learning_rate: 0.01 -> 0.5, ppo.lora.r: 8 -> 4``."""
+    """``rl.learning_rate: 0.01 -> 0.5, rl.lora.r: 8 -> 4``."""
     return ", ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, old, new in diffs)
 
 

@@ -267,7 +267,7 @@ def load_eval_dialogues(cfg: DataConfig, seed: int, n: int | None = None, split:
 
 
 def toxic_flags(ds, cfg: DataConfig, split: str) -> list[bool]:
-    """``data.toxic_column`` of every row of ``split`` (``ppo.toxic_share`` draws batches by it)."""
+    """``data.toxic_column`` of every row of ``split`` (``rl.toxic_share`` draws batches by it)."""
     _require_column(ds, cfg, split, cfg.toxic_column)
     flags = list(ds[cfg.toxic_column])
     for i, flag in enumerate(flags):

@@ -27,7 +27,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
                errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG, errno.EMLINK}
 StageMain = Callable[..., dict]
-TRAINING_STAGES = {"sft", "reward", "ppo"}  # the stages with experiment trackers (config.trackers)
+TRAINING_STAGES = {"sft", "reward", "rl"}  # the stages with experiment trackers (config.trackers)
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,7 +47,7 @@ def add_config_args(parser: Parser, optional: bool = False) -> None:
     and the first argument is an override), then typed overrides checked like the YAML."""
     parser.add_argument("args", nargs="*", metavar="CONFIG [key.sub=value ...]",
                         help="the experiment file" + (" (default: configs/tiny.yaml)" if optional else "")
-                        + ", then overrides such as ppo.kl.target=3")
+                        + ", then overrides such as rl.kl.target=3")
 
 
 def split_args(args: list[str], usage: str | None = None) -> tuple[str | None, list[str]]:

@@ -93,7 +93,7 @@ def lora_params(model: torch.nn.Module, lora_cfg, decoder_only: bool = False, ke
 
 def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str, with_encoder: bool = True) -> float:
     """Activations kept for backward: transformer layers plus logits and their gradient
-    (``with_encoder=False``: an update that runs the decoder alone, ``ppo.frozen_encoder``)."""
+    (``with_encoder=False``: an update that runs the decoder alone, ``rl.frozen_encoder``)."""
     def per_layer(seq: int) -> float:
         return seq * batch * s.d_model * (34 + 5 * s.n_heads * seq / s.d_model)
 
@@ -160,17 +160,17 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
                  "configured": configured_precision(config)}
     sft_tgt, sft_b = config.sft.max_target_length, config.sft.batch_size
     lora_sft = lora_params(model, config.sft.lora, key="sft.lora")
-    lora_ppo = lora_params(model, config.ppo.lora, decoder_only=config.ppo.frozen_encoder, key="ppo.lora")
+    lora_ppo = lora_params(model, config.rl.lora, decoder_only=config.rl.frozen_encoder, key="rl.lora")
     for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
         out["stages"][name] = {"trainable_params": trainable, **{
             dtype: memory(s.total - trainable if name == "sft_full" else s.total, trainable, dtype,
                           activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in PRECISIONS}}
-    p = config.ppo
+    p = config.rl
     head = s.d_model + 1
     ppo_trainable = (lora_ppo if p.policy == "lora" else s.total) + head
     # frozen: the base under the adapter, or the reference copy of a full policy; and the reward model
     frozen = s.total + (reward_params or 0)
-    out["stages"]["ppo"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
+    out["stages"]["rl"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
                             else "frozen copy", "reward_params": reward_params, **{
         dtype: memory(frozen, ppo_trainable, dtype,
                       activation_bytes(s, p.mini_batch_size * (2 if p.ptx_coef > 0 else 1), src,  # ptx rows ride along
@@ -195,11 +195,11 @@ def ppo_step_flops(s: Shape, p, src: int, ptx_target: int = 0) -> dict[str, floa
     frozen = p.frozen_encoder
     no_grad = 2 * (fwd - enc) + (0 if frozen else enc)  # policy (+ values) and reference
     backward_factor = 1.0 if p.policy == "lora" else 2.0
-    update = p.ppo_epochs * (1 + backward_factor) * (fwd - enc if frozen else fwd)
+    update = p.epochs * (1 + backward_factor) * (fwd - enc if frozen else fwd)
     ptx = 0.0
     if p.ptx_coef > 0:
         fwd_ptx = forward_flops(s, b, src, ptx_target)
-        ptx = p.ppo_epochs * ((1 + backward_factor) * (fwd_ptx - enc) + enc if frozen else (1 + backward_factor) * fwd_ptx)
+        ptx = p.epochs * ((1 + backward_factor) * (fwd_ptx - enc) + enc if frozen else (1 + backward_factor) * fwd_ptx)
     return {"generate": generate, "forward_no_grad": no_grad, "update": update, "ptx": ptx,
             "total": generate + no_grad + update + ptx}
 

@@ -135,10 +135,10 @@ def trainable_encoder_weights(model: torch.nn.Module) -> list[str]:
 
 
 def refuse_trainable_encoder(model: torch.nn.Module) -> None:
-    """``ppo.frozen_encoder`` reuses the rollout's encoder states for the reference and every update:
+    """``rl.frozen_encoder`` reuses the rollout's encoder states for the reference and every update:
     refuse (one line) if training would change any weight the encoder uses."""
     if trainable := trainable_encoder_weights(model):
-        raise UserError(f"config key 'ppo.frozen_encoder': {len(trainable)} encoder weights would train, "
+        raise UserError(f"config key 'rl.frozen_encoder': {len(trainable)} encoder weights would train, "
                         f"e.g. {trainable[0]}")
 
 

@@ -61,16 +61,16 @@ def max_toxicity_hist(records: list[dict], scorer: str, out: Path) -> str | None
     return save(fig, out / "max_toxicity_hist.png")
 
 
-def ppo_curves(history: list[dict], out: Path) -> str | None:
+def rl_curves(history: list[dict], out: Path) -> str | None:
     if not history:
         return None
     plt = _pyplot()
-    keys = ["objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/clipfrac"]
+    keys = ["objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac"]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3))
     for ax, key in zip(axes, keys):
         ax.plot([h["step"] for h in history], [h.get(key) for h in history])
         ax.set(title=key, xlabel="step")
-    return save(fig, out / "ppo_curves.png")
+    return save(fig, out / "rl_curves.png")
 
 
 def rouge_by_stage(bars: dict[str, float], out: Path) -> str | None:

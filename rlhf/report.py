@@ -14,7 +14,7 @@ from rlhf.artifacts import atomic_write_json, atomic_write_text, markdown_table,
 from rlhf.errors import UserError
 from rlhf.protocol import PROTOCOL_VERSION, REWARD_MODEL
 
-STAGES = ("prompt", "sft", "reward", "ppo", "evaluate")
+STAGES = ("prompt", "sft", "reward", "rl", "evaluate")
 MIN_CHANGE = 0.01  # an example row must move at least this much to count as changed
 
 
@@ -44,10 +44,10 @@ def _load(run_dir: Path) -> dict:
                            "evaluate")
     _refuse_non_finite(run_dir / "evaluate" / "metrics.json", None, stages["evaluate"]["metrics"]["protocol"]["toxicity"],
                        "evaluate", "protocol.toxicity")
-    log = run_dir / "ppo" / "metrics.jsonl"
-    history = stages.setdefault("ppo", {})["history"] = _read(log, "ppo") if log.is_file() else []
+    log = run_dir / "rl" / "metrics.jsonl"
+    history = stages.setdefault("rl", {})["history"] = _read(log, "rl") if log.is_file() else []
     for row, step in enumerate(history, 1):
-        _refuse_non_finite(log, row, step, "ppo")
+        _refuse_non_finite(log, row, step, "rl")
     return stages
 
 
@@ -103,7 +103,7 @@ def build_report(run_dir: str | Path) -> dict:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     made = [plots.emt_by_stratum(ev["protocol"], out), plots.max_toxicity_hist(records, REWARD_MODEL, out),
-            plots.ppo_curves(stages["ppo"].get("history") or [], out), plots.rouge_by_stage(_rouge_by_stage(stages), out)]
+            plots.rl_curves(stages["rl"].get("history") or [], out), plots.rouge_by_stage(_rouge_by_stage(stages), out)]
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", _markdown(report, stages, [m for m in made if m]))
     return report
@@ -253,7 +253,7 @@ def _markdown(report: dict, stages: dict, made: list[str]) -> str:
     parts.append(_protocol_tables(report["protocol"]))
     parts.append(_examples_md(report["examples"]))
     for name, title in (("prompt", "Stage 1: prompting"), ("sft", "Stage 2: fine-tuning"), ("reward", "Stage 3: reward model"),
-                        ("ppo", "Stage 4: PPO")):
+                        ("rl", "Stage 4: RL")):
         parts.append(f"## {title}\n\n{_stage_md(name, stages)}")
     rows = [{"stage": k, "seconds": v["seconds"], "seed": v["seed"], "git": (v["git_commit"] or "")[:10]}
             for k, v in report["run"].items()]
@@ -276,5 +276,6 @@ def _stage_md(name: str, stages: dict) -> str:
     if name == "reward":
         keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece") if k in m]
         return markdown_table([{k: m[k] for k in keys}]) if keys else f"pretrained `{m['pretrained']}`\n"
-    keys = ("steps", "greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after", "kl_mean_final", "seconds")
+    keys = ("algorithm", "steps", "greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after",
+            "kl_mean_final", "seconds")
     return markdown_table([{k: m.get(k) for k in keys}])

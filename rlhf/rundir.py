@@ -36,13 +36,13 @@ STAGE_SECTIONS = {
     "prompt": ("seed", "model", "data", "tinyworld", "prompt"),
     "sft": ("seed", "model", "data", "tinyworld", "sft"),
     "reward": ("seed", "tinyworld", "reward"),
-    "ppo": ("seed", "model", "data", "tinyworld", "sft", "reward", "ppo"),
-    "evaluate": ("seed", "model", "data", "tinyworld", "sft", "reward", "ppo", "evaluate"),
+    "rl": ("seed", "model", "data", "tinyworld", "sft", "reward", "rl"),
+    "evaluate": ("seed", "model", "data", "tinyworld", "sft", "reward", "rl", "evaluate"),
 }
 
 # Settings that change how a stage runs, not what it produces (compiled kernels compute the same
 # maths; trackers only watch): a finished stage is not redone for them.
-RUN_ONLY = frozenset({"ppo.compile", "report_to", "sft.report_to", "reward.report_to", "ppo.report_to"})
+RUN_ONLY = frozenset({"rl.compile", "report_to", "sft.report_to", "reward.report_to", "rl.report_to"})
 
 
 def library_versions() -> dict[str, str]:

@@ -240,8 +240,8 @@ def variant_folder(stage_dir: Path, variant: SftVariant) -> Path:
 
 def start_paths(config: ExperimentConfig, sft_dir: Path | None) -> tuple[str, str | None]:
     """(base model path, SFT adapter path or None) of the model that RL starts from and compares
-    against: ``ppo.start_from`` names an SFT variant (checked when the config loads) or 'base'."""
-    name = config.ppo.start_from
+    against: ``rl.start_from`` names an SFT variant (checked when the config loads) or 'base'."""
+    name = config.rl.start_from
     if name == "base":
         return config.model.name, None
     variant = next(v for v in config.sft.variants if v.name == name)

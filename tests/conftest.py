@@ -43,8 +43,8 @@ SMALL_STAGES = {
             "max_new_tokens": 8},
     "reward": {"model": "tinyworld", "from_scratch": True, "learning_rate": 2e-3, "epochs": 1, "batch_size": 16,
                "eval_steps": 10, "data": {"source": "tinyworld"}},
-    "ppo": {"start_from": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
-            "learning_rate": 1e-3, "steps": 3, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
+    "rl": {"start_from": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
+            "learning_rate": 1e-3, "steps": 3, "batch_size": 8, "mini_batch_size": 4, "epochs": 1,
             "max_new_tokens": 8, "save_steps": 2, "sample_steps": 2, "eval_n_dialogues": 6},
     "evaluate": {"n_dialogues": 8, "n_samples": 3, "bootstrap_resamples": 200},
 }
@@ -86,11 +86,11 @@ def finished_run(tmp_path_factory):
     """A small tiny-world run whose sft, reward, ppo and evaluate stages finished, built once per
     session and shared by the tests that only read it (a test that changes a run works on
     :func:`copy_run`). Returns the run's resolved config."""
-    from pipelines import evaluate, ppo, reward, sft
+    from pipelines import evaluate, reward, rl, sft
     from rlhf.tinyworld.build import resolve_tinyworld
 
     config = resolve_tinyworld(config_from_dict(small_raw(tmp_path_factory.mktemp("finished"))), log=quiet)
-    for stage in (sft, reward, ppo, evaluate):
+    for stage in (sft, reward, rl, evaluate):
         stage.main(config)
     return config
 
@@ -122,7 +122,7 @@ SFT = {"variants": [{"name": "full", "method": "full", "learning_rate": 3e-3},
 
 def sft_config(tmp_path, **sft):
     sft = {**SFT, **sft}
-    raw = small_raw(tmp_path, sft=sft, ppo={"start_from": sft["variants"][0]["name"]})  # a variant the config has
+    raw = small_raw(tmp_path, sft=sft, rl={"start_from": sft["variants"][0]["name"]})  # a variant the config has
     from rlhf.tinyworld.build import resolve_tinyworld
 
     return resolve_tinyworld(config_from_dict(raw), log=quiet)

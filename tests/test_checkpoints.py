@@ -29,9 +29,9 @@ def test_clean_stray_removes_what_is_not_a_checkpoint_and_says_so(tmp_path):
     for name in ("step-1", "step-final", ".step-2.x.tmp"):
         (tmp_path / name).mkdir()
     lines = []
-    clean_stray(tmp_path, "step", log=lines.append, stage="ppo")
+    clean_stray(tmp_path, "step", log=lines.append, stage="rl")
     assert [p.name for p in tmp_path.iterdir()] == ["step-1"]
-    assert lines == [f"ppo: removed .step-2.x.tmp, step-final from {tmp_path} (not a checkpoint)"]
+    assert lines == [f"rl: removed .step-2.x.tmp, step-final from {tmp_path} (not a checkpoint)"]
 
 
 def test_non_finite_values_are_found_by_name_in_nested_state():

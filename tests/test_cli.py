@@ -93,7 +93,7 @@ def report_dir(tmp_path, metrics: str | None) -> str:
 
 
 def fake_checkpoints(tmp_path, stage: str, sub: str) -> list[str]:
-    finished(tmp_path, ["sft", "reward"] if stage == "ppo" else [])
+    finished(tmp_path, ["sft", "reward"] if stage == "rl" else [])
     (tmp_path / "runs" / "t" / stage / "checkpoints" / sub).mkdir(parents=True)
     return exp(tmp_path)
 
@@ -112,25 +112,25 @@ CASES = {
                       ["u.yaml is not valid UTF-8", "line 2, byte offset 21: 0xe9"]),
     "config_missing": (lambda t: ["prompt", str(t / "nope.yaml")], ["config file not found", "nope.yaml"]),
     "unknown_key": (lambda t: ["prompt", *exp(t, "sede=1")], ["unknown config key 'sede'", "'seed'"]),
-    "unknown_nested_key": (lambda t: ["ppo", *exp(t, "ppo.lora.rank=4")], ["'rank'", "section 'ppo.lora'", "valid: r,"]),
+    "unknown_nested_key": (lambda t: ["rl", *exp(t, "rl.lora.rank=4")], ["'rank'", "section 'rl.lora'", "valid: r,"]),
     "wrong_type": (lambda t: ["prompt", *exp(t, "seed=abc")], ["'seed'", "'abc'"]),
     "seed_overflow": (lambda t: ["run", *exp(t, "seed=99999999999999999999")], ["'seed'", "99999999999999999999"]),
     "seed_beyond_numpy": (lambda t: ["run", *exp(t, "seed=4294967296")], ["'seed'", "4294967296", "must be in"]),
     "seed_negative": (lambda t: ["run", *exp(t, "seed=-1")], ["'seed'", "-1"]),
     "huge_int": (lambda t: ["prompt", *exp(t, "prompt.max_new_tokens=99999999999999999999999")],
                  ["'prompt.max_new_tokens'", "out of range"]),
-    "lr_inf": (lambda t: ["ppo", *exp(t, "ppo.learning_rate=.inf")], ["'ppo.learning_rate'", "inf", "not a finite"]),
-    "kl_coef_inf": (lambda t: ["ppo", *exp(t, "ppo.kl.init_kl_coef=.inf")], ["'ppo.kl.init_kl_coef'", "inf"]),
+    "lr_inf": (lambda t: ["rl", *exp(t, "rl.learning_rate=.inf")], ["'rl.learning_rate'", "inf", "not a finite"]),
+    "kl_coef_inf": (lambda t: ["rl", *exp(t, "rl.kl.init_kl_coef=.inf")], ["'rl.kl.init_kl_coef'", "inf"]),
     "clean_at_zero": (lambda t: ["reward", *exp(t, "reward.clean_at=0")], ["'reward.clean_at'", "0"]),
-    "clean_at_above_one": (lambda t: ["ppo", *exp(t, "reward.clean_at=1.5")], ["'reward.clean_at'", "1.5"]),
-    "frozen_encoder_not_bool": (lambda t: ["ppo", *exp(t, "ppo.frozen_encoder=maybe")],
-                                ["'ppo.frozen_encoder'", "maybe"]),
-    "toxic_share_one": (lambda t: ["ppo", *exp(t, "ppo.toxic_share=1")], ["'ppo.toxic_share'", "must be in (0, 1)"]),
-    "toxic_share_without_column": (lambda t: ["ppo", *exp(t, "ppo.toxic_share=0.5", "data.toxic_column=null")],
-                                   ["'ppo.toxic_share'", "needs data.toxic_column"]),
-    "ptx_coef_negative": (lambda t: ["ppo", *exp(t, "ppo.ptx_coef=-0.5")], ["'ppo.ptx_coef'", "-0.5"]),
-    "compile_not_bool": (lambda t: ["ppo", *exp(t, "ppo.compile=sometimes")], ["'ppo.compile'", "sometimes"]),
-    "grad_norm_nan": (lambda t: ["ppo", *exp(t, "ppo.max_grad_norm=.nan")], ["'ppo.max_grad_norm'", "nan"]),
+    "clean_at_above_one": (lambda t: ["rl", *exp(t, "reward.clean_at=1.5")], ["'reward.clean_at'", "1.5"]),
+    "frozen_encoder_not_bool": (lambda t: ["rl", *exp(t, "rl.frozen_encoder=maybe")],
+                                ["'rl.frozen_encoder'", "maybe"]),
+    "toxic_share_one": (lambda t: ["rl", *exp(t, "rl.toxic_share=1")], ["'rl.toxic_share'", "must be in (0, 1)"]),
+    "toxic_share_without_column": (lambda t: ["rl", *exp(t, "rl.toxic_share=0.5", "data.toxic_column=null")],
+                                   ["'rl.toxic_share'", "needs data.toxic_column"]),
+    "ptx_coef_negative": (lambda t: ["rl", *exp(t, "rl.ptx_coef=-0.5")], ["'rl.ptx_coef'", "-0.5"]),
+    "compile_not_bool": (lambda t: ["rl", *exp(t, "rl.compile=sometimes")], ["'rl.compile'", "sometimes"]),
+    "grad_norm_nan": (lambda t: ["rl", *exp(t, "rl.max_grad_norm=.nan")], ["'rl.max_grad_norm'", "nan"]),
     "epochs_inf_text": (lambda t: ["sft", *exp(t, "sft.epochs=inf")], ["'sft.epochs'", "inf", "not a finite"]),
     "yaml_inf_in_file": (lambda t: ["reward", *exp(t, reward={"learning_rate": float("inf")})],
                          ["'reward.learning_rate'", "inf"]),
@@ -143,9 +143,9 @@ CASES = {
     "output_dir_empty": (lambda t: ["prompt", *exp(t, "output_dir=")], ["'output_dir'", "''"]),
     "toxic_value_yes": (lambda t: ["reward", *exp(t, "reward.data.toxic_value=yes")],
                         ["'reward.data.toxic_value'", "True", "quote the value"]),
-    "batch_not_multiple": (lambda t: ["ppo", *exp(t, "ppo.batch_size=6")], ["'ppo.batch_size'", "6", "multiple"]),
-    "kl_horizon_below_batch_fifth": (lambda t: ["ppo", *exp(t, "ppo.kl.horizon=1")],
-                                     ["'ppo.kl.horizon'", "value 1", "0.2 x ppo.batch_size (8)"]),
+    "batch_not_multiple": (lambda t: ["rl", *exp(t, "rl.batch_size=6")], ["'rl.batch_size'", "6", "multiple"]),
+    "kl_horizon_below_batch_fifth": (lambda t: ["rl", *exp(t, "rl.kl.horizon=1")],
+                                     ["'rl.kl.horizon'", "value 1", "0.2 x rl.batch_size (8)"]),
     "prompt_shots_empty": (lambda t: ["prompt", *exp(t, "prompt.shots=[]")], ["'prompt.shots'", "must not be empty"]),
     "prompt_settings_empty": (lambda t: ["prompt", *exp(t, "prompt.settings=[]")],
                               ["'prompt.settings'", "must not be empty"]),
@@ -166,7 +166,7 @@ CASES = {
     "run_name_too_long": (lambda t: ["prompt", *exp(t, "run_name=" + "r" * 300)],
                           ["'run_name'", "is 300 bytes long; a folder name here is at most 200"]),
     "variant_name_too_long": (lambda t: ["sft", *exp(t, "sft.variants=[{name: " + "v" * 250 + ", method: lora}]",
-                                                     "ppo.start_from=base")], ["'sft.variants[0].name'", "250 bytes"]),
+                                                     "rl.start_from=base")], ["'sft.variants[0].name'", "250 bytes"]),
     "output_dir_name_too_long": (lambda t: ["prompt", *exp(t, f"output_dir={t}/{'o' * 300}/runs")],
                                  ["'output_dir'", "is 300 bytes long; file systems allow 255"]),
     "data_jsonl_cut_last_line": (lambda t: ["prompt", *exp(t, data={"source": text_file(
@@ -223,25 +223,25 @@ CASES = {
                               ["d.jsonl", "'test' split", "data.test_fraction=0.9", "leaves 0 for 'train'"]),
     "data_empty_after_filter": (lambda t: ["prompt", *exp(t, "data.min_chars=1000000")],
                                 ["is empty after filtering", "min_chars=1000000"]),
-    "yaml_duplicate_key": (lambda t: ["prompt", text_file(t, "dup.yaml", "seed: 1\nppo: {steps: 2}\nppo: {steps: 3}\n")],
-                           ["dup.yaml", "line 3", "key 'ppo' is given twice"]),
+    "yaml_duplicate_key": (lambda t: ["prompt", text_file(t, "dup.yaml", "seed: 1\nrl: {steps: 2}\nrl: {steps: 3}\n")],
+                           ["dup.yaml", "line 3", "key 'rl' is given twice"]),
     "ppo_start_from_typo_keeps_a_finished_ppo": (  # refused before --force discards anything
-        lambda t: (finished(t, ["sft", "reward", "ppo"]), ["ppo", "--force", *exp(t, "ppo.start_from=fulll")])[1],
-        ["'ppo.start_from'", "'fulll' is not an SFT variant"]),
-    "ppo_start_from_typo_before_any_stage": (lambda t: ["run", *exp(t, "ppo.start_from=fulll")],
-                                             ["'ppo.start_from'", "'fulll' is not an SFT variant"]),
-    "ppo_frozen_encoder_full_policy": (lambda t: ["run", *exp(t, "ppo.frozen_encoder=true", "ppo.policy=full")],
-                                       ["'ppo.frozen_encoder'", "needs ppo.policy lora"]),
-    "ppo_accumulation_not_dividing_the_update": (lambda t: ["run", *exp(t, "ppo.gradient_accumulation_steps=3")],
-                                                 ["'ppo.gradient_accumulation_steps': 3 does not divide the 2"]),
+        lambda t: (finished(t, ["sft", "reward", "rl"]), ["rl", "--force", *exp(t, "rl.start_from=fulll")])[1],
+        ["'rl.start_from'", "'fulll' is not an SFT variant"]),
+    "ppo_start_from_typo_before_any_stage": (lambda t: ["run", *exp(t, "rl.start_from=fulll")],
+                                             ["'rl.start_from'", "'fulll' is not an SFT variant"]),
+    "ppo_frozen_encoder_full_policy": (lambda t: ["run", *exp(t, "rl.frozen_encoder=true", "rl.policy=full")],
+                                       ["'rl.frozen_encoder'", "needs rl.policy lora"]),
+    "ppo_accumulation_not_dividing_the_update": (lambda t: ["run", *exp(t, "rl.gradient_accumulation_steps=3")],
+                                                 ["'rl.gradient_accumulation_steps': 3 does not divide the 2"]),
     "lora_target_modules_empty": (lambda t: ["sft", *exp(t, "sft.lora.target_modules=[]")],
                                   ["'sft.lora.target_modules'", "must not be empty"]),
     "lora_target_module_unknown": (lambda t: ["sft", *exp(t, "sft.lora.target_modules=[query]")],  # before any training
                                    ["'sft.lora.target_modules'", "['query'] are not in the model"]),
-    "lora_target_module_unknown_estimate": (lambda t: ["estimate", *exp(t, "ppo.lora.target_modules=[query]")],
-                                            ["'ppo.lora.target_modules'", "['query'] are not in the model"]),
+    "lora_target_module_unknown_estimate": (lambda t: ["estimate", *exp(t, "rl.lora.target_modules=[query]")],
+                                            ["'rl.lora.target_modules'", "['query'] are not in the model"]),
     "sft_variant_named_like_a_stage_file": (
-        lambda t: ["sft", *exp(t, "sft.variants=[{name: checkpoints, method: full}]", "ppo.start_from=base")],
+        lambda t: ["sft", *exp(t, "sft.variants=[{name: checkpoints, method: full}]", "rl.start_from=base")],
         ["'sft.variants'", "checkpoints"]),
     "option_for_another_command": (lambda t: ["run", *exp(t), "--seed", "7"], ["option --seed does not apply to `rlhf run`"]),
     "estimate_model_missing": (lambda t: ["estimate", *exp(t, "model.name=models/none")],
@@ -280,14 +280,14 @@ CASES = {
         "source": write_jsonl(t / "r.jsonl", [{"text": f"t {i}", "label": i % 2} for i in range(5)])}})],
                                 ["r.jsonl", "'test' split", "reward.data.test_fraction=0.9", "leaves 0 for 'train'"]),
     # ---- stages and their order
-    "ppo_before_sft": (lambda t: ["ppo", *exp(t)], ["stage 'ppo' needs the 'sft' stage", "rlhf sft CONFIG"]),
+    "ppo_before_sft": (lambda t: ["rl", *exp(t)], ["stage 'rl' needs the 'sft' stage", "rlhf sft CONFIG"]),
     "finished_stage_changed": (lambda t: (finished(t, ["prompt"]), ["prompt", *exp(t, "prompt.n_dialogues=3")])[1],
                                ["prompt: finished in", "prompt.n_dialogues: 6 -> 3", "--force"]),
-    "run_with_changed_ppo": (lambda t: (finished(t, ["prompt", "sft", "reward", "ppo", "evaluate"]),
-                                        ["run", *exp(t, "ppo.learning_rate=0.5")])[1],
-                             ["ppo (ppo.learning_rate: 0.001 -> 0.5)", "evaluate (ppo.learning_rate", "--force"]),
-    "unfinished_ppo_has_checkpoints": (lambda t: ["ppo", *fake_checkpoints(t, "ppo", "step-2")],
-                                       ["ppo: an earlier run left checkpoints", "step-2", "--resume", "--force"]),
+    "run_with_changed_rl": (lambda t: (finished(t, ["prompt", "sft", "reward", "rl", "evaluate"]),
+                                        ["run", *exp(t, "rl.learning_rate=0.5")])[1],
+                             ["rl (rl.learning_rate: 0.001 -> 0.5)", "evaluate (rl.learning_rate", "--force"]),
+    "unfinished_ppo_has_checkpoints": (lambda t: ["rl", *fake_checkpoints(t, "rl", "step-2")],
+                                       ["rl: an earlier run left checkpoints", "step-2", "--resume", "--force"]),
     "unfinished_sft_has_checkpoints": (lambda t: ["sft", *fake_checkpoints(t, "sft", "lora/checkpoint-2")],
                                        ["sft: an earlier run left checkpoints", "lora/checkpoint-2", "--resume"]),
 }
@@ -347,12 +347,12 @@ def test_bad_input_is_one_line_and_exit_2(name, tmp_path, capsys, monkeypatch):
 def test_a_bad_setting_under_force_keeps_a_finished_ppo_and_its_checkpoints(tmp_path, capsys, monkeypatch):
     """--force discards an earlier run's checkpoints only once the policy, reward model and data loaded."""
     monkeypatch.chdir(tmp_path)
-    finished(tmp_path, ["sft", "reward", "ppo"])
-    step = tmp_path / "runs" / "t" / "ppo" / "checkpoints" / "step-2"
+    finished(tmp_path, ["sft", "reward", "rl"])
+    step = tmp_path / "runs" / "t" / "rl" / "checkpoints" / "step-2"
     step.mkdir(parents=True)
-    assert cli_main(["ppo", "--force", *exp(tmp_path, "ppo.start_from=fulll")]) == 2
+    assert cli_main(["rl", "--force", *exp(tmp_path, "rl.start_from=fulll")]) == 2
     assert "'fulll' is not an SFT variant" in capsys.readouterr().err
-    assert step.is_dir() and (tmp_path / "runs" / "t" / "ppo" / "manifest.json").is_file()
+    assert step.is_dir() and (tmp_path / "runs" / "t" / "rl" / "manifest.json").is_file()
 
 
 def test_run_without_reward_data_fails_before_any_stage(tmp_path, capsys):
@@ -400,7 +400,7 @@ def test_cli_usage_errors_exit_2_with_one_line(argv, message, capsys):
 @pytest.mark.parametrize("command, shows", [
     ([], ["rlhf run [CONFIG]", "rlhf STAGE CONFIG", "rlhf config [CONFIG]", "rlhf tinyworld --out DIR"]),
     (["--help"], ["rlhf report RUN_DIR", "exits with code 2"]),
-    (["ppo", "--help"], ["usage: rlhf ppo", "Stage 4: PPO", "--resume", "--force"]),
+    (["rl", "--help"], ["usage: rlhf rl", "Stage 4: RL", "--resume", "--force"]),
     (["prompt", "-h"], ["usage: rlhf prompt", "Stage 1"]),
     (["run", "--help"], ["usage: rlhf run", "--resume"]),
     (["config", "--help"], ["usage: rlhf config", "--keys"]),
@@ -418,19 +418,19 @@ def test_every_command_explains_itself(command, shows, capsys):
 
 def test_config_prints_the_resolved_config_and_its_keys(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump({"seed": 7, "ppo": {"kl": {"target": 3.0}}}))
-    assert cli_main(["config", str(path), "ppo.steps=9"]) == 0
+    path.write_text(yaml.safe_dump({"seed": 7, "rl": {"kl": {"target": 3.0}}}))
+    assert cli_main(["config", str(path), "rl.steps=9"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["seed"] == 7 and printed["ppo"]["steps"] == 9 and printed["run_name"] == "exp"
-    assert printed["ppo"]["kl"]["target"] == 3.0 and printed["evaluate"]["n_samples"] == 25  # defaults filled in
-    assert cli_main(["config", str(path), "--keys", "ppo.kl"]) == 0
-    assert "ppo.kl.target: float = 6.0  (here: 3.0)" in capsys.readouterr().out
+    assert printed["seed"] == 7 and printed["rl"]["steps"] == 9 and printed["run_name"] == "exp"
+    assert printed["rl"]["kl"]["target"] == 3.0 and printed["evaluate"]["n_samples"] == 25  # defaults filled in
+    assert cli_main(["config", str(path), "--keys", "rl.kl"]) == 0
+    assert "rl.kl.target: float = 6.0  (here: 3.0)" in capsys.readouterr().out
     assert cli_main(["config", "--keys", "evaluate.n_samples"]) == 0  # configs/tiny.yaml by default
     assert capsys.readouterr().out.startswith("evaluate.n_samples: int = 25\n")
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["prompt", "x.yaml", "--resume"], "option --resume does not apply to `rlhf prompt` (only to: run, sft, ppo)"),
+    (["prompt", "x.yaml", "--resume"], "option --resume does not apply to `rlhf prompt` (only to: run, sft, rl)"),
     (["config", "--out", "x"], "option --out does not apply to `rlhf config` (only to: tinyworld)"),
     (["--force", "run"], "the command comes first: unknown command '--force'"),
     (["sft", "x.yaml", "--bogus"], "unrecognized arguments: --bogus (see rlhf sft --help)"),

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from rlhf.config import PpoConfig, config_from_dict, load_config
+from rlhf.config import RlConfig, config_from_dict, load_config
 from rlhf.configcheck import check_update_plan, validate
 from rlhf.errors import UserError
 
@@ -12,16 +12,16 @@ from .conftest import write
 @pytest.mark.parametrize("horizon", [1, 3, 4])
 def test_adaptive_kl_horizon_must_exceed_a_fifth_of_the_batch(tmp_path, horizon):
     """kl_coef *= 1 - 0.2 x batch_size / horizon at low KL: zero or negative for horizon <= 0.2 x batch_size."""
-    overrides = ["ppo.batch_size=20", f"ppo.kl.horizon={horizon}"]
-    with pytest.raises(UserError, match=rf"'ppo.kl.horizon': value {horizon} must be > 0.2 x ppo.batch_size \(20\)"):
+    overrides = ["rl.batch_size=20", f"rl.kl.horizon={horizon}"]
+    with pytest.raises(UserError, match=rf"'rl.kl.horizon': value {horizon} must be > 0.2 x rl.batch_size \(20\)"):
         load_config(write(tmp_path, {"seed": 1}), overrides)
-    assert load_config(write(tmp_path, {"seed": 1}), ["ppo.batch_size=20", "ppo.kl.horizon=5"]).ppo.kl.horizon == 5
-    fixed = load_config(write(tmp_path, {"seed": 1}), [*overrides, "ppo.kl.controller=fixed"])
-    assert fixed.ppo.kl.horizon == horizon  # the fixed controller never reads it
+    assert load_config(write(tmp_path, {"seed": 1}), ["rl.batch_size=20", "rl.kl.horizon=5"]).rl.kl.horizon == 5
+    fixed = load_config(write(tmp_path, {"seed": 1}), [*overrides, "rl.kl.controller=fixed"])
+    assert fixed.rl.kl.horizon == horizon  # the fixed controller never reads it
 
 
 def cfg(**kw):
-    return dataclasses.replace(PpoConfig(), **{"batch_size": 16, "mini_batch_size": 4, "ppo_epochs": 4, **kw})
+    return dataclasses.replace(RlConfig(), **{"batch_size": 16, "mini_batch_size": 4, "epochs": 4, **kw})
 
 
 def test_every_process_runs_as_many_passes_and_accumulation_ends_in_the_update():
@@ -29,28 +29,28 @@ def test_every_process_runs_as_many_passes_and_accumulation_ends_in_the_update()
     assert cfg(mini_batch_size=1).mini_batches_per_update(4) == 16  # one rollout a pass on each
     check_update_plan(cfg(), 4)
     check_update_plan(cfg(gradient_accumulation_steps=4), 1)
-    with pytest.raises(UserError, match=r"^config key 'ppo.batch_size': 16 rollouts do not split evenly over 3 processes"):
+    with pytest.raises(UserError, match=r"^config key 'rl.batch_size': 16 rollouts do not split evenly over 3 processes"):
         check_update_plan(cfg(), 3)
-    with pytest.raises(UserError, match=r"^config key 'ppo.gradient_accumulation_steps': 3 does not divide the 16 "):
+    with pytest.raises(UserError, match=r"^config key 'rl.gradient_accumulation_steps': 3 does not divide the 16 "):
         check_update_plan(cfg(gradient_accumulation_steps=3), 1)
-    with pytest.raises(UserError, match=r"^config key 'ppo.target_kl': an early stop"):
+    with pytest.raises(UserError, match=r"^config key 'rl.target_kl': an early stop"):
         check_update_plan(cfg(gradient_accumulation_steps=2, target_kl=0.1), 1)
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["sft.save_steps=30", "sft.eval_steps=20"], r"^config key 'sft.save_steps': value 30 must be a multiple of "
                                                  r"sft.eval_steps \(20\)"),
-    (["sft.variants=[{name: a}, {name: a}]", "ppo.start_from=a"], r"^config key 'sft.variants': names \['a', 'a'\] must "
+    (["sft.variants=[{name: a}, {name: a}]", "rl.start_from=a"], r"^config key 'sft.variants': names \['a', 'a'\] must "
                                                                   r"be unique"),
-    (["sft.variants=[{name: base}]", "ppo.start_from=base"], r"'sft.variants': names \['base'\]"),
-    (["ppo.batch_size=6", "ppo.mini_batch_size=4"], r"^config key 'ppo.batch_size': value 6 must be a multiple of "
-                                                    r"ppo.mini_batch_size \(4\)"),
-    (["ppo.toxic_share=0.01", "data.toxic_column=toxic"], r"^config key 'ppo.toxic_share': value 0.01 gives 0 of 16 "
+    (["sft.variants=[{name: base}]", "rl.start_from=base"], r"'sft.variants': names \['base'\]"),
+    (["rl.batch_size=6", "rl.mini_batch_size=4"], r"^config key 'rl.batch_size': value 6 must be a multiple of "
+                                                    r"rl.mini_batch_size \(4\)"),
+    (["rl.toxic_share=0.01", "data.toxic_column=toxic"], r"^config key 'rl.toxic_share': value 0.01 gives 0 of 16 "
                                                           r"prompts per batch"),
-    (["ppo.toxic_share=0.5"], r"^config key 'ppo.toxic_share': value 0.5 needs data.toxic_column"),
-    (["ppo.frozen_encoder=true", "ppo.policy=full"], r"^config key 'ppo.frozen_encoder': needs ppo.policy lora"),
-    (["ppo.start_from=fulll"], r"^config key 'ppo.start_from': 'fulll' is not an SFT variant \(full, lora\) or 'base'"),
-    (["ppo.gradient_accumulation_steps=3"], r"^config key 'ppo.gradient_accumulation_steps': 3 does not divide the 16"),
+    (["rl.toxic_share=0.5"], r"^config key 'rl.toxic_share': value 0.5 needs data.toxic_column"),
+    (["rl.frozen_encoder=true", "rl.policy=full"], r"^config key 'rl.frozen_encoder': needs rl.policy lora"),
+    (["rl.start_from=fulll"], r"^config key 'rl.start_from': 'fulll' is not an SFT variant \(full, lora\) or 'base'"),
+    (["rl.gradient_accumulation_steps=3"], r"^config key 'rl.gradient_accumulation_steps': 3 does not divide the 16"),
 ])
 def test_keys_that_contradict_each_other_are_refused_naming_both(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -67,6 +67,6 @@ def test_a_stage_only_checks_what_it_needs(tmp_path):
 
 
 def test_validate_is_called_for_configs_built_from_a_dict():
-    with pytest.raises(UserError, match="'ppo.start_from'"):
-        config_from_dict({"ppo": {"start_from": "nope"}})
+    with pytest.raises(UserError, match="'rl.start_from'"):
+        config_from_dict({"rl": {"start_from": "nope"}})
     validate(config_from_dict({}))  # the defaults agree with each other

@@ -58,22 +58,23 @@ def test_types_in_words():
 
 
 def test_describe_keys_lists_type_default_value_here_and_doc():
-    config = config_from_dict({"ppo": {"kl": {"target": 2.0}}})
-    text = describe_keys(ExperimentConfig, to_dict(config), "ppo.kl")
+    config = config_from_dict({"rl": {"kl": {"target": 2.0}}})
+    text = describe_keys(ExperimentConfig, to_dict(config), "rl.kl")
     assert text.splitlines() == [
-        "ppo.kl: section",
-        "ppo.kl.controller: one of 'adaptive', 'fixed' = 'adaptive'",
-        "ppo.kl.init_kl_coef: float = 0.2",
-        "ppo.kl.target: float = 6.0  (here: 2.0)",
+        "rl.kl: section",
+        "    the KL penalty in the reward (ppo, rloo) and its coefficient's controller",
+        "rl.kl.controller: one of 'adaptive', 'fixed' = 'adaptive'",
+        "rl.kl.init_kl_coef: float = 0.2",
+        "rl.kl.target: float = 6.0  (here: 2.0)",
         "    adaptive: the KL (nats per response) to steer to",
-        "ppo.kl.horizon: int = 10000",
+        "rl.kl.horizon: int = 10000",
         "    adaptive: samples over which the coefficient adapts",
-        "ppo.kl.estimator: one of 'k1', 'k3' = 'k1'",
+        "rl.kl.estimator: one of 'k1', 'k3' = 'k1'",
         "    k1 = logprob - ref_logprob; k3 = Schulman's non-negative estimator",
     ]
     every = describe_keys(ExperimentConfig, to_dict(config))
     assert "sft.variants[].learning_rate: float = 0.0005" in every and "tinyworld.seed: int = 0" in every
     keys = [line.split(":")[0] for line in every.splitlines() if not line.startswith(" ")]
     assert len(keys) == len(set(keys)) > 100  # every key once
-    with pytest.raises(UserError, match=r"^option --keys: no config key or section 'ppo.kll'$"):
-        describe_keys(ExperimentConfig, to_dict(config), "ppo.kll")
+    with pytest.raises(UserError, match=r"^option --keys: no config key or section 'rl.kll'$"):
+        describe_keys(ExperimentConfig, to_dict(config), "rl.kll")

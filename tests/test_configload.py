@@ -99,8 +99,8 @@ def test_missing_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("ppo.learning_rate=.inf", r"'ppo.learning_rate': value inf is not a finite number"),
-    ("ppo.kl.init_kl_coef=.nan", r"'ppo.kl.init_kl_coef': value nan is not a finite number"),
+    ("rl.learning_rate=.inf", r"'rl.learning_rate': value inf is not a finite number"),
+    ("rl.kl.init_kl_coef=.nan", r"'rl.kl.init_kl_coef': value nan is not a finite number"),
     ("seed=99999999999999999999", r"'seed': value 99999999999999999999 is out of range"),
     ("seed=4294967296", r"'seed': value 4294967296 must be in \[0, 4294967295\]"),
     ("run_name=../x", r"'run_name': value '../x' must be a plain folder name"),

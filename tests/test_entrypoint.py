@@ -55,7 +55,7 @@ def test_cli_rejects_a_bad_flush_denormals_value(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("error, shown", [
-    (PermissionError(13, "Permission denied", "/runs/t/ppo/metrics.jsonl"), "/runs/t/ppo/metrics.jsonl: Permission denied"),
+    (PermissionError(13, "Permission denied", "/runs/t/rl/metrics.jsonl"), "/runs/t/rl/metrics.jsonl: Permission denied"),
     (OSError(28, "No space left on device"), "No space left on device"),
 ])
 def test_file_system_refusals_anywhere_in_a_stage_are_one_line(error, shown, capsys, monkeypatch):

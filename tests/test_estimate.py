@@ -32,7 +32,7 @@ def test_estimate_flan_t5_base_shape(flan_base_config):
     assert est["configured"] == "fp32"
     lora = est["stages"]["sft_lora"]["fp32"]
     assert lora["gradients"] < 0.02 * full["fp32"]["gradients"]
-    ppo = est["stages"]["ppo"]
+    ppo = est["stages"]["rl"]
     assert ppo["reference"] == "adapter-disabled policy" and ppo["reward_params"] is None
     flops = est["ppo_step_flops"]
     assert flops["total"] == pytest.approx(flops["generate"] + flops["forward_no_grad"] + flops["update"])
@@ -64,7 +64,7 @@ def test_step_flops_count_cross_attention_per_prompt_token_and_skip_a_frozen_enc
     # 2 FLOPs per weight per token: cross-attention keys/values on the 50 prompt tokens, the rest on 4
     no_attention = forward_flops(s, 1, 50, 4) - 4 * 8 * (4 * 4 + 4 * 50) - 4 * 8 * 50 * 50
     assert no_attention == 2 * 100 * 50 + 2 * 172 * 4 + 2 * 128 * 50 + 2 * 4 * 8 * 10
-    p = flan_base_config.ppo
+    p = flan_base_config.rl
     fwd, enc = forward_flops(s, p.batch_size, 50, p.max_new_tokens), encoder_flops(s, p.batch_size, 50)
     default = ppo_step_flops(s, p, 50)
     frozen = ppo_step_flops(s, replace(p, frozen_encoder=True), 50)
@@ -74,9 +74,9 @@ def test_step_flops_count_cross_attention_per_prompt_token_and_skip_a_frozen_enc
     assert default["ptx"] == frozen["ptx"] == 0
     ptx = ppo_step_flops(s, replace(p, ptx_coef=0.5), 50, ptx_target=7)
     ptx_fwd = forward_flops(s, p.batch_size, 50, 7)  # as many pairs as rollouts, each epoch, with a backward
-    assert ptx["ptx"] == p.ppo_epochs * 2 * ptx_fwd and ptx["total"] == default["total"] + ptx["ptx"]
+    assert ptx["ptx"] == p.epochs * 2 * ptx_fwd and ptx["total"] == default["total"] + ptx["ptx"]
     frozen_ptx = ppo_step_flops(s, replace(p, ptx_coef=0.5, frozen_encoder=True), 50, ptx_target=7)
-    assert frozen_ptx["ptx"] == p.ppo_epochs * (2 * (ptx_fwd - enc) + enc)  # the pairs' encoder runs without a graph
+    assert frozen_ptx["ptx"] == p.epochs * (2 * (ptx_fwd - enc) + enc)  # the pairs' encoder runs without a graph
 
 
 def test_shape_counts_t5_cross_attention_keys_and_values():
@@ -94,8 +94,8 @@ def test_shape_counts_t5_cross_attention_keys_and_values():
 def test_frozen_encoder_estimate_trains_and_keeps_the_decoder_only(flan_base_config):
     from dataclasses import replace
 
-    frozen_config = replace(flan_base_config, ppo=replace(flan_base_config.ppo, frozen_encoder=True))
-    default, frozen = (estimate(c, prompt_tokens=200)["stages"]["ppo"] for c in (flan_base_config, frozen_config))
+    frozen_config = replace(flan_base_config, rl=replace(flan_base_config.rl, frozen_encoder=True))
+    default, frozen = (estimate(c, prompt_tokens=200)["stages"]["rl"] for c in (flan_base_config, frozen_config))
     # the default PPO LoRA (q,v) has 12 encoder and 12 decoder self-attention + 12 cross-attention layers
     assert frozen["trainable_params"] - 769 == (default["trainable_params"] - 769) * 24 // 36
     assert frozen["fp32"]["activations"] < 0.8 * default["fp32"]["activations"]

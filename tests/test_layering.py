@@ -74,9 +74,9 @@ def test_the_library_never_imports_the_stage_scripts_or_the_cli():
 
 
 def test_only_the_ppo_stage_and_the_cli_reach_into_rlhf_ppo():
-    outside = [m for m in GRAPH if not m.startswith("rlhf.ppo")]
-    users = sorted(m for m in outside if any(d.startswith("rlhf.ppo") for d in GRAPH[m]))
-    assert set(users) <= {"pipelines.ppo", "rlhf.cli"}, users
+    outside = [m for m in GRAPH if not m.startswith("rlhf.rl")]
+    users = sorted(m for m in outside if any(d.startswith("rlhf.rl") for d in GRAPH[m]))
+    assert set(users) <= {"pipelines.rl", "rlhf.cli"}, users
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not MODULES[m].name == "__init__.py"))

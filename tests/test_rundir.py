@@ -26,19 +26,19 @@ def test_restarting_a_stage_removes_its_old_manifest(small_config):
 
 def test_require_stage_names_the_missing_stage(small_config):
     with pytest.raises(UserError, match=r"needs the 'sft' stage.*rlhf sft CONFIG"):
-        require_stage(small_config, "sft", needed_by="ppo")
+        require_stage(small_config, "sft", needed_by="rl")
 
 
 def test_require_stage_refuses_artifacts_of_other_settings(small_config):
     import dataclasses
 
     start_stage(small_config, "sft").finish()
-    assert require_stage(small_config, "sft", needed_by="ppo").name == "sft"
-    assert require_stage(_with(small_config, "ppo", steps=99), "sft", needed_by="ppo").name == "sft"  # not read by sft
+    assert require_stage(small_config, "sft", needed_by="rl").name == "sft"
+    assert require_stage(_with(small_config, "rl", steps=99), "sft", needed_by="rl").name == "sft"  # not read by sft
     lora = dataclasses.replace(small_config.sft.lora, r=small_config.sft.lora.r + 1)
-    with pytest.raises(UserError, match=r"^stage 'ppo' needs the 'sft' stage, which finished in .*sft with other "
+    with pytest.raises(UserError, match=r"^stage 'rl' needs the 'sft' stage, which finished in .*sft with other "
                                         r"settings \(sft.lora.r: \d+ -> \d+\): run `rlhf sft CONFIG --force`"):
-        require_stage(_with(small_config, "sft", lora=lora), "sft", needed_by="ppo")
+        require_stage(_with(small_config, "sft", lora=lora), "sft", needed_by="rl")
 
 
 def _with(config, section, **values):
@@ -54,13 +54,13 @@ def test_a_finished_stage_is_checked_against_the_settings_it_reads(small_config)
     start_stage(small_config, "sft").finish()
     check_finished_unchanged(small_config, ["prompt", "sft"])  # unchanged: fine
     check_finished_unchanged(_with(small_config, "evaluate", n_samples=3), ["prompt", "sft"])  # not read by either
-    start_stage(small_config, "ppo").finish()
-    check_finished_unchanged(_with(small_config, "ppo", compile=True, report_to=["tensorboard"]), ["ppo"])  # run-only
-    with pytest.raises(UserError, match=r"other settings \(ppo.steps: \d+ -> 99\); add --force"):
-        check_finished_unchanged(_with(small_config, "ppo", compile=True, steps=99), ["ppo"])
+    start_stage(small_config, "rl").finish()
+    check_finished_unchanged(_with(small_config, "rl", compile=True, report_to=["tensorboard"]), ["rl"])  # run-only
+    with pytest.raises(UserError, match=r"other settings \(rl.steps: \d+ -> 99\); add --force"):
+        check_finished_unchanged(_with(small_config, "rl", compile=True, steps=99), ["rl"])
     with pytest.raises(UserError, match=r"^prompt: finished in .*prompt with other settings "
                                         r"\(prompt.n_dialogues: 6 -> 3\); add --force to redo it$"):
-        check_finished_unchanged(_with(small_config, "prompt", n_dialogues=3), ["prompt", "sft", "ppo"])
+        check_finished_unchanged(_with(small_config, "prompt", n_dialogues=3), ["prompt", "sft", "rl"])
     changed = _with(_with(small_config, "prompt", n_dialogues=3), "data", max_samples=50)
     with pytest.raises(UserError, match=r"^finished stages with other settings in .*: prompt \(data.max_samples: "
                                         r"None -> 50, prompt.n_dialogues: 6 -> 3\); sft \(data.max_samples: None -> 50\)"):
@@ -93,14 +93,14 @@ def test_checkpoints_are_kept_unless_forced(tmp_path):
 
     folder = tmp_path / "checkpoints"
     (folder / "step-2").mkdir(parents=True)
-    keep_or_discard("ppo", folder, [], force=False)  # nothing found: nothing to say
-    with pytest.raises(UserError, match=r"^ppo: an earlier run left checkpoints in .* \(step-2\): add --resume to "
+    keep_or_discard("rl", folder, [], force=False)  # nothing found: nothing to say
+    with pytest.raises(UserError, match=r"^rl: an earlier run left checkpoints in .* \(step-2\): add --resume to "
                                         r"continue from the newest good one, or --force to discard them"):
-        keep_or_discard("ppo", folder, ["step-2"], force=False)
+        keep_or_discard("rl", folder, ["step-2"], force=False)
     assert (folder / "step-2").is_dir()
     lines = []
-    keep_or_discard("ppo", folder, ["step-2"], force=True, log=lines.append)
-    assert not folder.exists() and lines == [f"ppo: --force: discarding the checkpoints in {folder} (step-2)"]
+    keep_or_discard("rl", folder, ["step-2"], force=True, log=lines.append)
+    assert not folder.exists() and lines == [f"rl: --force: discarding the checkpoints in {folder} (step-2)"]
 
 
 def test_output_dir_that_is_a_file_is_one_line(small_config, tmp_path):

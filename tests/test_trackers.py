@@ -16,25 +16,25 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_package(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     check_installed([])
-    with pytest.raises(UserError, match=r"^config key 'ppo.report_to': the tracker wandb is not installed: "
+    with pytest.raises(UserError, match=r"^config key 'rl.report_to': the tracker wandb is not installed: "
                                         r"pip install 'rlhf\[wandb\]'"):
-        check_installed(["wandb"], "ppo.report_to")
+        check_installed(["wandb"], "rl.report_to")
 
 
 def test_hyperparameters_are_the_resolved_config_flattened_to_scalars(tmp_path):
     flat = hyperparameters(to_dict(config_from_dict(small_raw(tmp_path))))
-    assert flat["ppo.kl.target"] == 6.0 and flat["seed"] == 1 and flat["sft.variants[0].name"] == "lora"
+    assert flat["rl.kl.target"] == 6.0 and flat["seed"] == 1 and flat["sft.variants[0].name"] == "lora"
     assert flat["sft.lora.target_modules"] == '["q", "v"]' and flat["tinyworld.cache_dir"] == "null"
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
 
 
 def test_a_stage_reports_to_its_own_trackers_or_the_top_level_ones(tmp_path):
-    config = config_from_dict(small_raw(tmp_path, report_to=["tensorboard"], ppo={"report_to": []}))
-    assert config.trackers("sft") == config.trackers("reward") == ["tensorboard"] and config.trackers("ppo") == []
+    config = config_from_dict(small_raw(tmp_path, report_to=["tensorboard"], rl={"report_to": []}))
+    assert config.trackers("sft") == config.trackers("reward") == ["tensorboard"] and config.trackers("rl") == []
 
 
 def test_no_tracker_logs_nothing(tmp_path):
-    trackers = Trackers([], "run", "ppo", tmp_path, {})
+    trackers = Trackers([], "run", "rl", tmp_path, {})
     trackers.log({"a": 1.0}, 1)
     trackers.finish()
     assert list(tmp_path.iterdir()) == []
@@ -71,11 +71,11 @@ def test_every_training_stage_writes_what_its_metrics_say_to_tensorboard(tmp_pat
     """End to end: sft, reward and ppo of a small run with report_to [tensorboard]; every row of each
     stage's metrics.jsonl and its final figures read back from the event files."""
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'rlhf[tensorboard]')")
-    from pipelines import ppo, reward, sft
+    from pipelines import rl, reward, sft
     from rlhf.tinyworld.build import resolve_tinyworld
 
     config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, report_to=["tensorboard"])), log=quiet)
-    for stage in (sft, reward, ppo):
+    for stage in (sft, reward, rl):
         stage.main(config)
     run = config.run_dir
 
@@ -94,17 +94,17 @@ def test_every_training_stage_writes_what_its_metrics_say_to_tensorboard(tmp_pat
     for key in ("accuracy", "roc_auc", "f1"):
         assert seen[key][metrics["global_step"]] == pytest.approx(metrics[key])
 
-    seen = scalars(run / "ppo" / "trackers")
-    log = rows(run / "ppo" / "metrics.jsonl")
+    seen = scalars(run / "rl" / "trackers")
+    log = rows(run / "rl" / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]
     for r in log:
         assert assert_logged(seen, r, r["step"]) >= 10
     assert {"objective/scores", "objective/kl", "objective/kl_coef"} <= set(seen)
-    metrics = json.loads((run / "ppo" / "metrics.json").read_text())
+    metrics = json.loads((run / "rl" / "metrics.json").read_text())
     assert seen["rougeL_after"][3] == pytest.approx(metrics["rougeL_after"])
     assert math.isclose(seen["greedy_toxicity_after"][3], metrics["greedy_toxicity_after"], rel_tol=1e-6, abs_tol=1e-6)
-    hparams = list((run / "ppo" / "trackers").rglob("hparams.yml"))
-    assert hparams and "ppo.kl.target: 6.0" in hparams[0].read_text()  # the resolved config as hyperparameters
+    hparams = list((run / "rl" / "trackers").rglob("hparams.yml"))
+    assert hparams and "rl.kl.target: 6.0" in hparams[0].read_text()  # the resolved config as hyperparameters
 
 
 def test_the_reward_stage_reports_to_trackio_offline(tmp_path):

@@ -31,7 +31,7 @@ def test_kernel_floor_records_every_matmul_with_its_flops_and_replays_it():
         (a @ b).sum().backward()  # forward mm, and the weight gradient a^T @ grad
         torch.nn.functional.linear(a, torch.randn(7, 4), torch.randn(7))  # addmm
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        from rlhf.ppo.trainer import Timer
+        from rlhf.rl.trainer import Timer
 
         timer = recorder.tag_phases(Timer)()
         with timer("update"):

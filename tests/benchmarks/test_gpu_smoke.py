@@ -46,21 +46,21 @@ def test_bad_options_stop_with_one_line(tmp_path):
 
 
 def test_check_rejects_a_bad_override_with_one_line(capsys):
-    assert gpu_smoke.check(str(ROOT / "configs" / "tiny.yaml"), ["ppo.step=2"]) == 2
+    assert gpu_smoke.check(str(ROOT / "configs" / "tiny.yaml"), ["rl.step=2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'step'" in err and "'steps'" in err
-    assert gpu_smoke.check(str(ROOT / "configs" / "tiny.yaml"), ["ppo.steps=2"]) == 0
+    assert gpu_smoke.check(str(ROOT / "configs" / "tiny.yaml"), ["rl.steps=2"]) == 0
 
 
 def test_report_lists_step_times_and_peak_memory(tmp_path):
     run = tmp_path / "tiny-bf16"
-    (run / "ppo").mkdir(parents=True)
-    (run / "ppo" / "manifest.json").write_text(json.dumps({"seconds": 12.5}))
-    (run / "ppo" / "metrics.jsonl").write_text("".join(json.dumps({"time/step": t}) + "\n" for t in (3.0, 1.0, 2.0)))
-    (run / "ppo" / "metrics.json").write_text(json.dumps({"peak_memory_mb": 2048.4, "precision": "bf16 autocast"}))
+    (run / "rl").mkdir(parents=True)
+    (run / "rl" / "manifest.json").write_text(json.dumps({"seconds": 12.5}))
+    (run / "rl" / "metrics.jsonl").write_text("".join(json.dumps({"time/step": t}) + "\n" for t in (3.0, 1.0, 2.0)))
+    (run / "rl" / "metrics.json").write_text(json.dumps({"peak_memory_mb": 2048.4, "precision": "bf16 autocast"}))
     (tmp_path / "g.nvsmi").write_text("100\n4096\n512\n")
     lines = gpu_smoke.run_lines(run, tmp_path / "g.nvsmi")
-    assert "stage seconds: ppo 12.5" in lines
-    assert "ppo step seconds: first 3.00, median of the rest 1.50 (3 steps: 3.00, 1.00, 2.00)" in lines
-    assert "ppo peak memory while training: 2048 MiB (bf16 autocast)" in lines
+    assert "stage seconds: rl 12.5" in lines
+    assert "rl step seconds: first 3.00, median of the rest 1.50 (3 steps: 3.00, 1.00, 2.00)" in lines
+    assert "rl peak memory while training: 2048 MiB (bf16 autocast)" in lines
     assert "nvidia-smi peak memory.used over the command: 4096 MiB" in lines

@@ -101,13 +101,13 @@ def test_rouge_check_refuses_to_pass_when_it_cannot_discriminate():
     assert "cannot tell all references from the first" in problems[0]
 
 
-def test_progress_check_wants_plain_lines_for_ppo_and_each_sft_variant():
-    good = "sft/full: 2/2 (100%), 3.4s/it, ETA 0s\nsft/lora: 2/2 (100%), 1s/it, ETA 0s\nppo: 3/3 (100%), 6s/it\n"
+def test_progress_check_wants_plain_lines_for_rl_and_each_sft_variant():
+    good = "sft/full: 2/2 (100%), 3.4s/it, ETA 0s\nsft/lora: 2/2 (100%), 1s/it, ETA 0s\nrl: 3/3 (100%), 6s/it\n"
     assert smoke_lab.progress_problems(good, ["full", "lora"], 3) == []
-    assert smoke_lab.progress_problems(good.replace("ppo: 3/3", "ppo done"), ["full", "lora"], 3) == \
-        ["no progress line for ppo"]
-    assert "not ppo.steps=4" in smoke_lab.progress_problems(good, ["full", "lora"], 4)[0]
-    assert "carriage returns" in smoke_lab.progress_problems(good + "ppo:  50%|#####\r", ["full", "lora"], 3)[0]
+    assert smoke_lab.progress_problems(good.replace("rl: 3/3", "ppo done"), ["full", "lora"], 3) == \
+        ["no progress line for rl"]
+    assert "not rl.steps=4" in smoke_lab.progress_problems(good, ["full", "lora"], 4)[0]
+    assert "carriage returns" in smoke_lab.progress_problems(good + "rl:  50%|#####\r", ["full", "lora"], 3)[0]
 
 
 def test_smoke_lab_skips_with_one_line_without_shared_data(tmp_path):

@@ -35,11 +35,11 @@ def install(fault: str, n: int) -> None:
     import torch
     import transformers
 
-    import rlhf.ppo.core
+    import rlhf.rl.objectives
 
     faults = {
         # PPO: inside the n-th mini-batch update (mid-step)
-        "ppo_update": lambda: die_on_call(rlhf.ppo.core, "policy_loss", n),
+        "ppo_update": lambda: die_on_call(rlhf.rl.objectives, "policy_loss", n),
         # PPO: inside the n-th checkpoint write, weights written, before optimizer.pt
         "ppo_checkpoint": lambda: die_on_call(torch, "save", n),
         # PPO: the same with optimizer.pt created at 0 bytes

@@ -33,7 +33,7 @@ def test_evaluate_and_report(finished_run):
     for section in ("Headline", "Rules", "by stratum", "Quality before vs after", "Stage 1", "Stage 2", "Stage 3",
                     "Stage 4", "Largest improvements", "Largest regressions", "disagree most", "Run metadata"):
         assert section in text
-    for png in ("emt_by_stratum.png", "max_toxicity_hist.png", "ppo_curves.png", "rouge_by_stage.png"):
+    for png in ("emt_by_stratum.png", "max_toxicity_hist.png", "rl_curves.png", "rouge_by_stage.png"):
         assert (run / "plots" / png).stat().st_size > 1000
     p = report["protocol"]
     assert set(p["strata"]) <= {"all", "toxic", "non-toxic"} and p["strata"]["all"] == 8
@@ -66,7 +66,7 @@ def test_evaluation_without_the_judge(finished_run, tmp_path, monkeypatch):
 
 def test_evaluate_needs_ppo(tmp_path):
     config = resolve_tinyworld(config_from_dict(small_raw(tmp_path)), log=lambda *_: None)
-    with pytest.raises(UserError, match="needs the 'ppo' stage"):
+    with pytest.raises(UserError, match="needs the 'rl' stage"):
         evaluate_stage.main(config)
 
 

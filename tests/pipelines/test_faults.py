@@ -29,7 +29,7 @@ from ..conftest import SMALL_STAGES, small_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = os.environ.get("RLHF_FAULT_SEED") or str(random.randrange(10**6))
-PPO = {**SMALL_STAGES["ppo"], "steps": 4, "save_steps": 2, "sample_steps": 2}  # 2 mini-batches a step
+PPO = {**SMALL_STAGES["rl"], "steps": 4, "save_steps": 2, "sample_steps": 2}  # 2 mini-batches a step
 SFT = {**SMALL_STAGES["sft"], "max_steps": 6}  # checkpoints at steps 2, 4, 6
 # What may differ between two equal runs: wall time, memory, and where a resume started.
 VOLATILE = ("time/", "tokens_per_s", "seconds", "memory", "resumed_from")
@@ -37,7 +37,7 @@ VOLATILE = ("time/", "tokens_per_s", "seconds", "memory", "resumed_from")
 
 def experiment(folder: Path) -> str:
     path = folder / "exp.yaml"
-    path.write_text(yaml.safe_dump(small_raw(folder, ppo=PPO, sft=SFT)))
+    path.write_text(yaml.safe_dump(small_raw(folder, rl=PPO, sft=SFT)))
     return str(path)
 
 
@@ -86,7 +86,7 @@ def kill_then_resume(folder: Path, stage: str, fault: str, n: int) -> subprocess
 def upstream(tmp_path_factory):
     """Finished sft and reward stages, copied into every PPO run's folder."""
     folder = tmp_path_factory.mktemp("upstream")
-    config = resolve_tinyworld(config_from_dict(small_raw(folder, ppo=PPO, sft=SFT)), log=lambda *_: None)
+    config = resolve_tinyworld(config_from_dict(small_raw(folder, rl=PPO, sft=SFT)), log=lambda *_: None)
     sft_stage.main(config)
     reward_stage.main(config)
     return config.run_dir
@@ -101,9 +101,9 @@ def ppo_folder(folder: Path, upstream: Path) -> Path:
 @pytest.fixture(scope="module")
 def straight_ppo(upstream, tmp_path_factory):
     folder = ppo_folder(tmp_path_factory.mktemp("straight_ppo"), upstream)
-    proc = rlhf("ppo", experiment(folder))
+    proc = rlhf("rl", experiment(folder))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return folder / "runs" / "t" / "ppo"
+    return folder / "runs" / "t" / "rl"
 
 
 def assert_same_ppo(a: Path, b: Path) -> None:
@@ -123,10 +123,10 @@ def assert_same_ppo(a: Path, b: Path) -> None:
 ])
 def test_ppo_killed_and_resumed_equals_a_straight_run(fault, first, last, upstream, straight_ppo, tmp_path):
     n = draw(fault, first, last)
-    resumed = kill_then_resume(ppo_folder(tmp_path, upstream), "ppo", fault, n)
-    folder = tmp_path / "runs" / "t" / "ppo"
+    resumed = kill_then_resume(ppo_folder(tmp_path, upstream), "rl", fault, n)
+    folder = tmp_path / "runs" / "t" / "rl"
     if fault == "ppo_update" and n > 4:
-        assert f"ppo: resumed from {folder / 'checkpoints' / 'step-2'} (step 2 of 4)" in resumed.stdout
+        assert f"rl: resumed from {folder / 'checkpoints' / 'step-2'} (step 2 of 4)" in resumed.stdout
     if fault.startswith("ppo_checkpoint"):  # the write's temp folder was found and cleaned
         assert "(not a checkpoint)" in resumed.stdout, resumed.stdout
     assert not [p for p in (folder / "checkpoints").iterdir() if p.name.startswith(".")]

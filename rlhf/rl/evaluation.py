@@ -15,7 +15,7 @@ from rlhf.seq2seq import reference
 
 def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:
     return generate(lm, tokenizer, prompts, GenerationSetting("greedy"), max_new_tokens=config.sft.max_new_tokens,
-                    batch_size=config.ppo.eval_batch_size, max_input_length=config.model.max_input_length,
+                    batch_size=config.rl.eval_batch_size, max_input_length=config.model.max_input_length,
                     seed=config.seed).texts
 
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from rlhf.checkpoints import clean_stray
 from rlhf.config import to_dict
 from rlhf.errors import UserError
-from rlhf.ppo.checkpoint import find_resumable, read_checkpoint
-from rlhf.ppo.trainer import NonFiniteError
+from rlhf.rl.checkpoint import find_resumable, read_checkpoint
+from rlhf.rl.trainer import NonFiniteError
 
 from .conftest import make
 
@@ -47,8 +47,8 @@ def test_exploding_learning_rate_stops_before_a_non_finite_checkpoint(tmp_path):
     """The issue's run: lr 1e6, a checkpoint every step. It stops at the first non-finite step,
     naming it (1-based) and the last good checkpoint; every checkpoint on disk is finite."""
     with pytest.raises(NonFiniteError) as err:
-        trained(tmp_path, steps=8, learning_rate=1e6, batch_size=4, mini_batch_size=4, ppo_epochs=1)
-    m = re.fullmatch(r"PPO step (\d+): (.+) is not finite; stopping \(last good checkpoint: (.+)\)", str(err.value))
+        trained(tmp_path, steps=8, learning_rate=1e6, batch_size=4, mini_batch_size=4, epochs=1)
+    m = re.fullmatch(r"RL step (\d+): (.+) is not finite; stopping \(last good checkpoint: (.+)\)", str(err.value))
     assert m, str(err.value)
     step, written = int(m.group(1)), sorted((tmp_path / "ck").iterdir())
     assert [p.name for p in written] == [f"step-{i}" for i in range(1, step)]
@@ -61,7 +61,7 @@ def test_nan_weights_are_never_written(tmp_path):
     trainer, _ = make(tmp_path)
     trainer.step()
     next(p for p in trainer.policy.parameters() if p.requires_grad).data[0] = float("nan")
-    with pytest.raises(NonFiniteError, match=r"PPO step 1: weights \(.+\) is not finite; stopping \(no checkpoint yet\)"):
+    with pytest.raises(NonFiniteError, match=r"RL step 1: weights \(.+\) is not finite; stopping \(no checkpoint yet\)"):
         trainer.save_checkpoint(tmp_path / "ck" / "step-1")
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
 
@@ -70,7 +70,7 @@ def test_nan_optimizer_state_is_never_written(tmp_path):
     trainer, _ = trained(tmp_path, steps=1)
     state = next(iter(trainer.optimizer.state.values()))
     state["exp_avg"].view(-1)[0] = float("inf")
-    with pytest.raises(NonFiniteError, match=r"PPO step 1: optimizer_state \(optimizer\.state\..*exp_avg\) is not "
+    with pytest.raises(NonFiniteError, match=r"RL step 1: optimizer_state \(optimizer\.state\..*exp_avg\) is not "
                                              r"finite; stopping \(last good checkpoint: .*step-1\)"):
         trainer.save_checkpoint(tmp_path / "ck" / "step-1b")
     assert not (tmp_path / "ck" / "step-1b").exists()
@@ -136,11 +136,11 @@ def test_resume_skips_a_corrupt_checkpoint_and_cleans_leftovers(run, tmp_path, c
     (ck / "step-final").mkdir()  # a stray folder
     (ck / ".step-3.abc123.tmp").mkdir()  # a kill during a checkpoint write
     lines = []
-    clean_stray(ck, "step", log=lines.append, stage="ppo")
+    clean_stray(ck, "step", log=lines.append, stage="rl")
     ckpt = find_resumable(ck, shapes, config, log=lines.append)
     assert ckpt is not None and ckpt.folder == ck / "step-1" and ckpt.step == 1
-    assert lines[0] == f"ppo: removed .step-3.abc123.tmp, step-final from {ck} (not a checkpoint)"
-    assert lines[1].startswith(f"ppo: skipping checkpoint {ck / 'step-2'}: {reason}")
+    assert lines[0] == f"rl: removed .step-3.abc123.tmp, step-final from {ck} (not a checkpoint)"
+    assert lines[1].startswith(f"rl: skipping checkpoint {ck / 'step-2'}: {reason}")
     assert sorted(p.name for p in ck.iterdir()) == ["step-1", "step-2"]  # pickle_ran absent: nothing executed
 
 
@@ -150,29 +150,29 @@ def test_no_usable_checkpoint_says_so(run, tmp_path):
         (ck / name / "optimizer.pt").unlink()
     lines = []
     assert find_resumable(ck, shapes, config, log=lines.append) is None
-    assert lines[-1] == f"ppo: --resume: no usable checkpoint in {ck}; starting from step 0"
+    assert lines[-1] == f"rl: --resume: no usable checkpoint in {ck}; starting from step 0"
     assert find_resumable(tmp_path / "none", shapes, config, log=lines.append) is None
-    assert lines[-1] == f"ppo: --resume: no checkpoint in {tmp_path / 'none'}; starting from step 0"
+    assert lines[-1] == f"rl: --resume: no checkpoint in {tmp_path / 'none'}; starting from step 0"
 
 
 def test_resume_applies_a_new_learning_rate_and_says_so(run, tmp_path):
     ck, shapes, config = copy_of(run, tmp_path)
-    old = config["ppo"]["learning_rate"]
-    config["ppo"]["learning_rate"], config["ppo"]["steps"] = 1e-4, 9
+    old = config["rl"]["learning_rate"]
+    config["rl"]["learning_rate"], config["rl"]["steps"] = 1e-4, 9
     lines = []
     ckpt = find_resumable(ck, shapes, config, log=lines.append)
-    assert lines == [f"ppo: resume applies ppo.learning_rate: {old!r} -> 0.0001", "ppo: resume applies ppo.steps: 4 -> 9"]
+    assert lines == [f"rl: resume applies rl.learning_rate: {old!r} -> 0.0001", "rl: resume applies rl.steps: 4 -> 9"]
     trainer, _ = make(tmp_path / "new", learning_rate=1e-4, steps=9)
     trainer.apply_checkpoint(ckpt)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-4]
-    assert trainer.step()["ppo/learning_rate"] == 1e-4
+    assert trainer.step()["update/learning_rate"] == 1e-4
 
 
 @pytest.mark.parametrize("key, value, shown", [
-    (("ppo", "lora", "r"), 8, "ppo.lora.r: 4 -> 8"),
-    (("ppo", "policy"), "full", "ppo.policy: 'lora' -> 'full'"),
-    (("ppo", "mini_batch_size"), 2, "ppo.mini_batch_size: 4 -> 2"),
-    (("ppo", "kl", "estimator"), "k3", "ppo.kl.estimator: 'k1' -> 'k3'"),
+    (("rl", "lora", "r"), 8, "rl.lora.r: 4 -> 8"),
+    (("rl", "policy"), "full", "rl.policy: 'lora' -> 'full'"),
+    (("rl", "mini_batch_size"), 2, "rl.mini_batch_size: 4 -> 2"),
+    (("rl", "kl", "estimator"), "k3", "rl.kl.estimator: 'k1' -> 'k3'"),
     (("seed",), 5, "seed: 1 -> 5"),
 ])
 def test_resume_refuses_settings_that_change_the_model_or_maths(run, tmp_path, key, value, shown):
@@ -181,17 +181,17 @@ def test_resume_refuses_settings_that_change_the_model_or_maths(run, tmp_path, k
     for part in key[:-1]:
         node = node[part]
     node[key[-1]] = value
-    with pytest.raises(UserError, match=rf"^ppo: cannot resume from {re.escape(str(ck / 'step-2'))}: "
+    with pytest.raises(UserError, match=rf"^rl: cannot resume from {re.escape(str(ck / 'step-2'))}: "
                                         rf"{re.escape(shown)} changed since it was written"):
         find_resumable(ck, shapes, config, log=lambda _: None)
 
 
 def test_resume_refuses_fewer_steps_than_done_and_unrecorded_configs(run, tmp_path):
     ck, shapes, config = copy_of(run, tmp_path)
-    config["ppo"]["steps"] = 1
-    with pytest.raises(UserError, match=r"ppo.steps=1 is below its step 2"):
+    config["rl"]["steps"] = 1
+    with pytest.raises(UserError, match=r"rl.steps=1 is below its step 2"):
         find_resumable(ck, shapes, config, log=lambda _: None)
-    config["ppo"]["steps"] = 4
+    config["rl"]["steps"] = 4
     state = (ck / "step-2" / "trainer_state.json")
     state.write_text(state.read_text().replace('"config": {', '"config_": {'))
     with pytest.raises(UserError, match=r"records no config"):

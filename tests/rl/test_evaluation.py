@@ -1,4 +1,4 @@
-from rlhf.ppo.evaluation import before_after
+from rlhf.rl.evaluation import before_after
 from rlhf.reward import load_scorer
 
 from .conftest import make

@@ -1,6 +1,6 @@
 import torch
 
-from rlhf.ppo.ranks import generator_states, restore_generators
+from rlhf.rl.ranks import generator_states, restore_generators
 
 
 def test_generators_come_back_as_saved_and_a_new_process_is_seeded_afresh():

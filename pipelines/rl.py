@@ -1,4 +1,4 @@
-"""Stage 4: PPO against the reward model, from the SFT policy, with a KL penalty to it."""
+"""Stage 4: RL (PPO, RLOO or GRPO: rl.algorithm) against the reward model, from the SFT policy, held near it by a KL term."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from rlhf.config import ExperimentConfig, to_dict
 from rlhf.data import group_dialogues, load_splits, toxic_flags
 from rlhf.entrypoint import stage_command
 from rlhf.models import load_tokenizer
-from rlhf.ppo.checkpoint import PREFIX, checkpoint_names, find_resumable
-from rlhf.ppo.evaluation import before_after
-from rlhf.ppo.model import build_policy
-from rlhf.ppo.ptx import ptx_pairs
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rl.checkpoint import PREFIX, checkpoint_names, find_resumable
+from rlhf.rl.evaluation import before_after
+from rlhf.rl.model import build_policy
+from rlhf.rl.ptx import ptx_pairs
+from rlhf.rl.trainer import RLTrainer
 from rlhf.progress import Progress
 from rlhf.prompts import fit_prompts
 from rlhf.reward import load_scorer
@@ -28,7 +28,7 @@ from rlhf.runtime import PeakRss, precision_note, rss_mib, use_cpu
 from rlhf.tinyworld.build import resolve_tinyworld
 from rlhf.trackers import Trackers
 
-SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "ppo/policy/clipfrac")
+SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac")
 
 
 def main(config: ExperimentConfig, resume: bool = False, force: bool = False) -> dict:
@@ -38,17 +38,17 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
 
     config = resolve_tinyworld(config)
     before_models_mib = rss_mib()  # for checking `rlhf estimate` against the peak (benchmarks/RESULTS.md)
-    cfg = config.ppo
-    sft_dir = require_stage(config, "sft", "ppo") if cfg.start_from != "base" else None
-    reward_dir = require_stage(config, "reward", "ppo")
+    cfg = config.rl
+    sft_dir = require_stage(config, "sft", "rl") if cfg.start_from != "base" else None
+    reward_dir = require_stage(config, "reward", "rl")
     splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
     wants_flags = cfg.toxic_share is not None or (cfg.ptx_coef > 0 and config.data.toxic_column)
     toxic = toxic_flags(splits["train"], config.data, "train") if wants_flags else None
     main_process = PartialState(cpu=use_cpu()).is_main_process
     say = print if main_process else (lambda *_: None)
-    ckpt_dir = stage_dir(config, "ppo") / "checkpoints"
+    ckpt_dir = stage_dir(config, "rl") / "checkpoints"
     if not resume and not force:  # an earlier run's checkpoints: refused at once (kept)
-        keep_or_discard("ppo", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
+        keep_or_discard("rl", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
     tokenizer = load_tokenizer(config.model)
     policy = build_policy(config, sft_dir)
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
@@ -59,24 +59,24 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
            if cfg.ptx_coef > 0 else None)
     # the models and data loaded (a bad path or file has failed by now): only then is anything discarded
     if not resume and force:
-        keep_or_discard("ppo", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
+        keep_or_discard("rl", ckpt_dir, checkpoint_names(ckpt_dir), force, log=say)
     if main_process:  # what a killed write left, and folders that are not checkpoints
-        clean_stray(ckpt_dir, PREFIX, log=say, stage="ppo")
-    stage = start_stage(config, "ppo")
-    trainer = PPOTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
+        clean_stray(ckpt_dir, PREFIX, log=say, stage="rl")
+    stage = start_stage(config, "rl")
+    trainer = RLTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
                          max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
                          config_record=to_dict(config),
                          mixed_precision=config.model.mixed_precision, ptx=ptx)
     if trainer.compile_fallback:
-        say(f"ppo: ppo.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
+        say(f"rl: rl.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
     log_path = stage.dir / "metrics.jsonl"
     if resume:
         _resume(trainer, ckpt_dir, config, say)
     if main_process:  # a resumed run logs the steps after its checkpoint again
         truncate_jsonl(log_path, lambda row: isinstance(row.get("step"), int) and row["step"] <= trainer.step_count)
     test = group_dialogues(splits["test"], config.data)[:cfg.eval_n_dialogues]
-    progress = Progress("ppo", cfg.steps, start=trainer.step_count, enabled=main_process)
-    trackers = Trackers(config.trackers("ppo"), config.run_name, "ppo", stage.dir, to_dict(config))
+    progress = Progress("rl", cfg.steps, start=trainer.step_count, enabled=main_process)
+    trackers = Trackers(config.trackers("rl"), config.run_name, "rl", stage.dir, to_dict(config))
     with PeakRss() as mem:
         _train(trainer, progress, cfg, config, test, stage.dir, ckpt_dir, log_path, trackers)
     progress.close()
@@ -86,7 +86,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     _save_policy(trainer.policy, tokenizer, stage.dir)
     result = before_after(trainer.policy, tokenizer, scorer, test, config)
     history = [json.loads(line) for line in log_path.open()]
-    metrics = {**result["summary"], "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
+    metrics = {"algorithm": cfg.algorithm, "group_size": cfg.group_size, **result["summary"],
+               "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
                "frozen_encoder": cfg.frozen_encoder,
@@ -99,7 +100,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     trackers.log(metrics, trainer.step_count)
     trackers.finish()
     stage.finish()
-    print(f"ppo: greedy mean toxicity (reward model) {metrics['greedy_toxicity_before']:.4f} -> "
+    print(f"rl: greedy mean toxicity (reward model) {metrics['greedy_toxicity_before']:.4f} -> "
           f"{metrics['greedy_toxicity_after']:.4f}, ROUGE-L "
           f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}, final KL {metrics['kl_mean_final']:.3f}")
     return metrics
@@ -128,7 +129,7 @@ def _resume(trainer, ckpt_dir: Path, config: ExperimentConfig, say) -> None:
     ckpt = find_resumable(ckpt_dir, trainer.trainable_shapes(), to_dict(config), log=say)
     if ckpt is not None:
         trainer.apply_checkpoint(ckpt)
-        say(f"ppo: resumed from {ckpt.folder} (step {ckpt.step} of {config.ppo.steps})")
+        say(f"rl: resumed from {ckpt.folder} (step {ckpt.step} of {config.rl.steps})")
 
 
 def _report_shortened(shortened: list[bool], max_length: int, say) -> int:
@@ -136,7 +137,7 @@ def _report_shortened(shortened: list[bool], max_length: int, say) -> int:
     shortened inside the template, :func:`rlhf.data.fit_prompts`); said once."""
     n = sum(shortened)
     if n:
-        say(f"ppo: {n} of {len(shortened)} training prompts are longer than model.max_input_length={max_length} "
+        say(f"rl: {n} of {len(shortened)} training prompts are longer than model.max_input_length={max_length} "
             f"tokens; their dialogues are shortened inside the template")
     return n
 
@@ -167,4 +168,4 @@ def _write_samples(trainer, test, config, path: Path, n: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(stage_command("ppo", main))
+    sys.exit(stage_command("rl", main))

@@ -1,5 +1,5 @@
 """Run under ``torchrun --nproc_per_node 2``: PPO steps (with PPO-ptx) on two CPU ranks (gloo); each rank
-writes what it generated for, a digest of its weights and what it drew, for tests/ppo/test_trainer.py (the two-process test)."""
+writes what it generated for, a digest of its weights and what it drew, for tests/rl/test_trainer.py (the two-process test)."""
 
 import dataclasses
 import hashlib
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import torch
 
-from rlhf.ppo import core
-from tests.ppo.conftest import make
+from rlhf.rl import ppo
+from tests.rl.conftest import make
 
 
 def whitens_as_one_process(accelerator) -> bool:
     """Each rank whitens its half of a batch over both halves' tokens: as one process whitening the whole."""
     x = torch.arange(24.0).reshape(6, 4) ** 1.5
     mask = torch.arange(4) < torch.tensor([4, 1, 3, 2, 4, 3]).unsqueeze(-1)
-    whole = core.masked_whiten(x, mask)
+    whole = ppo.masked_whiten(x, mask)
     r, w = accelerator.process_index, accelerator.num_processes
-    mine = core.masked_whiten(x[r::w], mask[r::w], sum_over_processes=lambda t: accelerator.reduce(t, "sum"))
+    mine = ppo.masked_whiten(x[r::w], mask[r::w], sum_over_processes=lambda t: accelerator.reduce(t, "sum"))
     return torch.allclose(mine, whole[r::w], atol=1e-6)
 
 
@@ -37,7 +37,7 @@ def main(out: Path) -> None:
     record = {"rank": accelerator.process_index, "world": accelerator.num_processes,
               "distributed_type": str(accelerator.distributed_type), "prompts": mine,
               "weights": digest.hexdigest(), "scores": stats["objective/scores"],
-              "ptx_loss": stats["ppo/loss/ptx"], "early_stop_passes": early["ppo/mini_batches"],
+              "ptx_loss": stats["loss/ptx"], "early_stop_passes": early["update/mini_batches"],
               "whitens_as_one": whitens_as_one_process(accelerator), "noise": torch.rand(3).tolist()}
     if accelerator.is_main_process:
         from safetensors.torch import load_file

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.errors import UserError
-from rlhf.ppo.sampling import stream
+from rlhf.rl.sampling import stream
 from rlhf.seq2seq import Queries, encode_queries
 
 
@@ -55,11 +55,11 @@ class PtxPairs:
 
 def ptx_pairs(prompts: list[str], summaries: list[str], toxic: list[bool] | None, coef: float,
               max_target_length: int) -> PtxPairs:
-    """The pairs of the training split that ``ppo.ptx_coef`` mixes in: all of them, or with toxic
+    """The pairs of the training split that ``rl.ptx_coef`` mixes in: all of them, or with toxic
     flags only the clean ones; one line naming the key if none is left."""
     keep = [i for i in range(len(prompts)) if toxic is None or not toxic[i]]
     if not keep:
-        raise UserError(f"config key 'ppo.ptx_coef': value {coef} needs training pairs not marked toxic, but all "
+        raise UserError(f"config key 'rl.ptx_coef': value {coef} needs training pairs not marked toxic, but all "
                         f"{len(prompts)} are (data.toxic_column)")
     return PtxPairs([prompts[i] for i in keep], [summaries[i] for i in keep], max_target_length)
 

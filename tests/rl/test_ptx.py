@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from rlhf.errors import UserError
-from rlhf.ppo import core
-from rlhf.ppo.ptx import PtxPairs, pad_cat, ptx_pairs
+from rlhf.rl import objectives
+from rlhf.rl.ptx import PtxPairs, pad_cat, ptx_pairs
 from rlhf.seq2seq import decoder_inputs
 
 from .conftest import WordCountScorer, make
@@ -15,8 +15,8 @@ def test_sft_loss_is_the_mean_nll_of_real_target_tokens_only():
     mask = torch.tensor([[True, True, False], [True, False, False]])
     logp = logits.log_softmax(-1)
     expected = -(logp[0, 0, 1] + logp[0, 1, 2] + logp[1, 0, 4]) / 3
-    torch.testing.assert_close(core.sft_loss(logits, targets, mask), expected)
-    assert core.sft_loss(logits.bfloat16(), targets, mask).dtype == torch.float32
+    torch.testing.assert_close(objectives.sft_loss(logits, targets, mask), expected)
+    assert objectives.sft_loss(logits.bfloat16(), targets, mask).dtype == torch.float32
 
 
 def test_pad_cat_right_pads_both_parts_to_the_longer_width():
@@ -31,7 +31,7 @@ def test_pairs_leave_out_the_dialogues_marked_toxic_and_refuse_when_none_is_left
     pairs = ptx_pairs(["a", "b", "c"], ["A", "B", "C"], [False, True, False], 0.5, 64)
     assert pairs.prompts == ["a", "c"] and pairs.summaries == ["A", "C"]
     assert len(ptx_pairs(["a", "b"], ["A", "B"], None, 0.5, 64)) == 2  # no toxic column: every pair
-    with pytest.raises(UserError, match=r"^config key 'ppo.ptx_coef': value 0.5 needs training pairs not marked "
+    with pytest.raises(UserError, match=r"^config key 'rl.ptx_coef': value 0.5 needs training pairs not marked "
                                         r"toxic, but all 2 are \(data.toxic_column\)$"):
         ptx_pairs(["a", "b"], ["A", "B"], [True, True], 0.5, 64)
 
@@ -62,7 +62,7 @@ def clean_nll(trainer) -> float:
         ptx = trainer.ptx.encode(trainer.tokenizer, list(range(16)), 256, "cpu")
         out = trainer.policy(ptx.queries.input_ids, ptx.queries.attention_mask,
                              decoder_inputs(ptx.targets, trainer.start_token), with_values=False)
-        return float(core.sft_loss(out.logits, ptx.targets, ptx.target_mask))
+        return float(objectives.sft_loss(out.logits, ptx.targets, ptx.target_mask))
 
 
 @pytest.mark.parametrize("frozen_encoder", [False, True])
@@ -71,12 +71,12 @@ def test_ptx_pulls_the_policy_toward_the_clean_references_where_the_reward_is_fl
     trainer, _ = make(tmp_path, scorer=WordCountScorer(1.0), ptx_coef=1.0, frozen_encoder=frozen_encoder)
     before = clean_nll(trainer)
     stats = [trainer.step() for _ in range(2)]
-    assert all(s["ppo/loss/ptx"] > 0 for s in stats)
+    assert all(s["loss/ptx"] > 0 for s in stats)
     assert clean_nll(trainer) < before - 0.05
 
 
 def test_ptx_coef_without_pairs_is_refused_naming_the_key(tmp_path):
-    with pytest.raises(UserError, match=r"^config key 'ppo.ptx_coef': value 0.5 needs supervised training pairs$"):
+    with pytest.raises(UserError, match=r"^config key 'rl.ptx_coef': value 0.5 needs supervised training pairs$"):
         make(tmp_path, with_ptx=False, ptx_coef=0.5)
 
 

@@ -1,4 +1,5 @@
-"""The PPO policy: a seq2seq LM (LoRA or full) plus a value head, and its frozen reference.
+"""The RL policy: a seq2seq LM (LoRA or full), a value head for PPO (none for the critic-free
+methods), and its frozen reference.
 
 Reference choice. With LoRA, the SFT adapter is merged into the base weights and a *fresh* LoRA is
 trained on top. LoRA's B matrices start at zero, so the starting policy equals the SFT model, and
@@ -44,13 +45,13 @@ class ForwardOut:
 
 
 class Policy(nn.Module):
-    """LM + value head; :meth:`reference` is the frozen reference (:func:`rlhf.seq2seq.reference`)."""
+    """LM (+ value head for PPO); :meth:`reference` is the frozen reference (:func:`rlhf.seq2seq.reference`)."""
 
-    def __init__(self, lm: nn.Module, value_head: ValueHead, ref_lm: nn.Module | None = None):
+    def __init__(self, lm: nn.Module, value_head: ValueHead | None, ref_lm: nn.Module | None = None):
         super().__init__()
         self.lm, self.value_head = lm, value_head
         self.ref_lm = ref_lm  # only without LoRA; with LoRA the reference is the adapter-disabled lm
-        self._train_forward = None  # torch.compile'd ``lm.forward`` (ppo.compile); a function, not a submodule
+        self._train_forward = None  # torch.compile'd ``lm.forward`` (rl.compile); a function, not a submodule
 
     def compile_training_forward(self) -> str | None:
         """Compile ``lm.forward`` for the passes that build a graph (the PPO update); the no-grad
@@ -70,7 +71,7 @@ class Policy(nn.Module):
         return self._train_forward is not None
 
     def eager_training_forward(self) -> None:
-        """Undo :meth:`compile_training_forward` (a policy reused without ``ppo.compile``)."""
+        """Undo :meth:`compile_training_forward` (a policy reused without ``rl.compile``)."""
         self._train_forward = None
 
     def _compiled(self, inputs: dict):
@@ -82,7 +83,7 @@ class Policy(nn.Module):
             import sys
 
             self._train_forward = None
-            print(f"ppo: ppo.compile: compiling the update failed ({type(err).__name__}: {first_line(err)}); "
+            print(f"rl: rl.compile: compiling the update failed ({type(err).__name__}: {first_line(err)}); "
                   "running eagerly", file=sys.stderr, flush=True)
             return self.lm(**inputs)
 
@@ -91,9 +92,21 @@ class Policy(nn.Module):
         return hasattr(self.lm, "disable_adapter")
 
     def forward(self, input_ids, attention_mask, decoder_input_ids, with_values: bool = True,
-                encoder_states: torch.Tensor | None = None) -> ForwardOut:
+                encoder_states: torch.Tensor | None = None, repeats: torch.Tensor | None = None) -> ForwardOut:
         """``encoder_states`` [B, S, d]: this policy's encoder outputs for ``input_ids``, if already
-        computed (then only the decoder runs)."""
+        computed (then only the decoder runs). Values only with a value head.
+
+        ``repeats`` [B]: how many decoder rows each encoder row serves (a prompt's k responses): the
+        encoder runs once per prompt, here, in this forward (so DDP sees every weight it uses), and
+        its states are repeated; ``decoder_input_ids`` then has ``repeats.sum()`` rows."""
+        with_values = with_values and self.value_head is not None
+        if repeats is not None:
+            if encoder_states is None:
+                encoder_states = self.lm.get_encoder()(input_ids=input_ids,
+                                                       attention_mask=attention_mask).last_hidden_state
+            repeats = repeats.to(input_ids.device)
+            input_ids, attention_mask, encoder_states = (t.repeat_interleave(repeats, dim=0)
+                                                         for t in (input_ids, attention_mask, encoder_states))
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                       encoder_outputs=as_encoder_outputs(encoder_states), output_hidden_states=with_values,
                       use_cache=False)
@@ -119,7 +132,7 @@ class Policy(nn.Module):
 
 
 def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
-    """The starting policy (= the SFT model) with a value head, and its reference."""
+    """The starting policy (= the SFT model), with a value head for PPO, and its reference."""
     from transformers import set_seed
 
     base_path, adapter = start_paths(config, sft_dir)
@@ -131,15 +144,15 @@ def build_policy(config: ExperimentConfig, sft_dir: Path | None) -> Policy:
     fp32_output_layer(lm)  # logprobs, KL and losses from fp32 logits, also under mixed precision
     set_seed(config.seed)
     ref_lm = None
-    if config.ppo.policy == "lora":
-        lm = apply_lora(lm, config.ppo.lora, decoder_only=config.ppo.frozen_encoder, key="ppo.lora")
+    if config.rl.policy == "lora":
+        lm = apply_lora(lm, config.rl.lora, decoder_only=config.rl.frozen_encoder, key="rl.lora")
     else:
         import copy
 
         # a frozen copy, as TRL's create_reference_model (now only in trl.experimental) makes it
         ref_lm = copy.deepcopy(lm).eval().requires_grad_(False)
         lm.requires_grad_(True)
-    if config.ppo.frozen_encoder:  # ppo.policy lora: rlhf.configcheck
+    if config.rl.frozen_encoder:  # rl.policy lora: rlhf.configcheck
         refuse_trainable_encoder(lm)
-    head = ValueHead(lm.config.d_model, config.ppo.value_head_init_std)
+    head = ValueHead(lm.config.d_model, config.rl.ppo.value_head_init_std) if config.rl.algorithm == "ppo" else None
     return Policy(lm, head, ref_lm).eval()

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from rlhf.ppo.model import ValueHead
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rl.model import ValueHead
+from rlhf.rl.trainer import RLTrainer
 
 from .conftest import WordCountScorer, make
 
@@ -19,12 +19,12 @@ def test_value_head_shape_and_zero_init():
 def test_frozen_encoder_refuses_a_full_policy_or_an_encoder_adapter(tmp_path):
     from rlhf.errors import UserError
 
-    with pytest.raises(UserError, match="ppo.frozen_encoder"):
+    with pytest.raises(UserError, match="rl.frozen_encoder"):
         make(tmp_path, frozen_encoder=True, policy="full")
     trainer, config = make(tmp_path)  # LoRA in the encoder too
-    frozen = dataclasses.replace(config.ppo, frozen_encoder=True)
+    frozen = dataclasses.replace(config.rl, frozen_encoder=True)
     with pytest.raises(UserError, match="encoder weights would train"):
-        PPOTrainer(trainer.policy, trainer.tokenizer, WordCountScorer(), trainer.prompts, frozen, seed=0,
+        RLTrainer(trainer.policy, trainer.tokenizer, WordCountScorer(), trainer.prompts, frozen, seed=0,
                    max_input_length=256)
 
 
@@ -34,7 +34,7 @@ def test_compile_falls_back_to_eager_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: "no C++ compiler on PATH")
     trainer, _ = make(tmp_path, compile=True, steps=1)
     assert trainer.compile_fallback == "no C++ compiler on PATH" and trainer.policy._train_forward is None
-    assert trainer.step()["ppo/mini_batches"] == 4
+    assert trainer.step()["update/mini_batches"] == 4
     plain, _ = make(tmp_path / "plain")
     assert plain.compile_fallback is None and plain.policy._train_forward is None
 
@@ -51,8 +51,8 @@ def test_a_failed_compile_runs_eagerly_and_says_why(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(torch, "compile", broken)
     trainer, _ = make(tmp_path, compile=True, steps=1)
     assert trainer.compile_fallback is None and trainer.policy.compiled
-    assert trainer.step()["ppo/mini_batches"] == 4
+    assert trainer.step()["update/mini_batches"] == 4
     assert not trainer.policy.compiled
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ppo: ppo.compile: compiling the update failed (RuntimeError: inductor could not lower an op); "
+    assert err == ["rl: rl.compile: compiling the update failed (RuntimeError: inductor could not lower an op); "
                    "running eagerly"]

@@ -4,16 +4,16 @@ import torch
 from rlhf.config import config_from_dict
 from rlhf.data import load_splits, toxic_flags
 from rlhf.models import load_tokenizer
-from rlhf.ppo.model import build_policy
-from rlhf.ppo.ptx import ptx_pairs
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rl.model import build_policy
+from rlhf.rl.ptx import ptx_pairs
+from rlhf.rl.trainer import RLTrainer
 from rlhf.prompts import format_prompt
 from rlhf.tinyworld.build import resolve_tinyworld
 
 from ..conftest import small_raw
 
 PPO = {"start_from": "base", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]},
-       "learning_rate": 5e-3, "steps": 4, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2,
+       "learning_rate": 5e-3, "steps": 4, "batch_size": 8, "mini_batch_size": 4, "epochs": 2,
        "max_new_tokens": 8, "save_steps": 2}
 
 
@@ -30,15 +30,15 @@ class WordCountScorer:
 
 
 def make(tmp_path, scorer=None, with_ptx=True, **ppo):
-    """A trainer on the small test world; with ``ppo.ptx_coef`` (and ``with_ptx``) the pipeline's ptx pairs."""
-    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo={**PPO, **ppo})), log=lambda *_: None)
+    """A trainer on the small test world; with ``rl.ptx_coef`` (and ``with_ptx``) the pipeline's ptx pairs."""
+    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, rl={**PPO, **ppo})), log=lambda *_: None)
     tokenizer = load_tokenizer(config.model)
     train = load_splits(config.data, config.seed)["train"]
     prompts = [format_prompt(d, "summarize") for d in train["dialogue"]]
     flags = toxic_flags(train, config.data, "train")
-    ptx = (ptx_pairs(prompts, list(train["summary"]), flags, config.ppo.ptx_coef, 32)
-           if config.ppo.ptx_coef > 0 and with_ptx else None)
+    ptx = (ptx_pairs(prompts, list(train["summary"]), flags, config.rl.ptx_coef, 32)
+           if config.rl.ptx_coef > 0 and with_ptx else None)
     policy = build_policy(config, None)
-    trainer = PPOTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.ppo, seed=config.seed,
-                         max_input_length=256, toxic=flags if config.ppo.toxic_share else None, ptx=ptx)
+    trainer = RLTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.rl, seed=config.seed,
+                         max_input_length=256, toxic=flags if config.rl.toxic_share else None, ptx=ptx)
     return trainer, config

@@ -2,8 +2,8 @@ import pytest
 
 from rlhf.config import config_from_dict
 from rlhf.errors import UserError
-from rlhf.ppo.sampling import batch_indices, stream
-from rlhf.ppo.trainer import check_strata
+from rlhf.rl.sampling import batch_indices, stream
+from rlhf.rl.trainer import check_strata
 
 
 def test_stream_gives_every_item_once_per_pass_before_any_twice():
@@ -31,17 +31,17 @@ def test_every_batch_holds_exactly_the_configured_share_of_toxic_prompts():
 
 
 @pytest.mark.parametrize("ppo, data, message", [
-    ({"toxic_share": 1.0}, {"toxic_column": "toxic"}, "'ppo.toxic_share': value 1.0"),
+    ({"toxic_share": 1.0}, {"toxic_column": "toxic"}, "'rl.toxic_share': value 1.0"),
     ({"toxic_share": 0.01, "batch_size": 16}, {"toxic_column": "toxic"}, "gives 0 of 16 prompts per batch"),
-    ({"toxic_share": 0.5}, {}, "'ppo.toxic_share': value 0.5 needs data.toxic_column"),
+    ({"toxic_share": 0.5}, {}, "'rl.toxic_share': value 0.5 needs data.toxic_column"),
 ])
 def test_config_refuses_a_share_it_cannot_draw(ppo, data, message):
     with pytest.raises(UserError, match=message):
-        config_from_dict({"ppo": ppo, "data": data})
+        config_from_dict({"rl": ppo, "data": data})
 
 
 def test_trainer_refuses_training_prompts_without_both_strata():
-    cfg = config_from_dict({"ppo": {"toxic_share": 0.5}, "data": {"toxic_column": "toxic"}}).ppo
+    cfg = config_from_dict({"rl": {"toxic_share": 0.5}, "data": {"toxic_column": "toxic"}}).rl
     with pytest.raises(UserError, match="needs toxic and clean training prompts, but 0 of 3 are toxic"):
         check_strata([False, False, False], cfg, 3)
     with pytest.raises(UserError, match="needs a toxic flag for every training prompt"):

@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from pipelines import ppo as ppo_stage
+from pipelines import rl as rl_stage
 from rlhf.cli import main as cli_main
 from rlhf.config import config_from_dict
 from rlhf.errors import UserError
@@ -18,12 +18,12 @@ def config_for(tmp_path):
 
 
 def test_ppo_needs_sft_and_reward_first(tmp_path):
-    with pytest.raises(UserError, match=r"stage 'ppo' needs the 'sft' stage.*rlhf sft CONFIG"):
-        ppo_stage.main(config_for(tmp_path))
+    with pytest.raises(UserError, match=r"stage 'rl' needs the 'sft' stage.*rlhf sft CONFIG"):
+        rl_stage.main(config_for(tmp_path))
 
 
 def test_ppo_stage_end_to_end(finished_run, tmp_path):
-    folder = finished_run.run_dir / "ppo"
+    folder = finished_run.run_dir / "rl"
     metrics = json.loads((folder / "metrics.json").read_text())
     for key in ("greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after"):
         assert 0 <= metrics[key] <= 1, key
@@ -46,9 +46,9 @@ def test_ppo_stage_end_to_end(finished_run, tmp_path):
     # resume: a finished stage is skipped; with --force --resume it continues from the last checkpoint
     moved = copy_run(finished_run, tmp_path)
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(small_raw(tmp_path, **{**RAW, "ppo": {**RAW["ppo"], "steps": 4}})))
-    assert cli_main(["ppo", str(path), "--force", "--resume"]) == 0
-    log = [json.loads(line) for line in (moved.run_dir / "ppo" / "metrics.jsonl").open()]
+    path.write_text(yaml.safe_dump(small_raw(tmp_path, **{**RAW, "rl": {**RAW["rl"], "steps": 4}})))
+    assert cli_main(["rl", str(path), "--force", "--resume"]) == 0
+    log = [json.loads(line) for line in (moved.run_dir / "rl" / "metrics.jsonl").open()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]
 
 
@@ -61,7 +61,7 @@ def test_long_training_prompts_are_shortened_inside_the_template_and_reported(tm
     prompts, shortened = fit_prompts(dialogues, "summarize", tokenizer, 40)
     assert shortened == [True, False] and prompts[0].endswith("Summary:") and len(tokenizer(prompts[0]).input_ids) <= 40
     lines = []
-    assert ppo_stage._report_shortened(shortened, 40, lines.append) == 1
-    assert lines == ["ppo: 1 of 2 training prompts are longer than model.max_input_length=40 tokens; their dialogues "
+    assert rl_stage._report_shortened(shortened, 40, lines.append) == 1
+    assert lines == ["rl: 1 of 2 training prompts are longer than model.max_input_length=40 tokens; their dialogues "
                      "are shortened inside the template"]
-    assert ppo_stage._report_shortened([False, False], 24, lines.append) == 0 and len(lines) == 1
+    assert rl_stage._report_shortened([False, False], 24, lines.append) == 0 and len(lines) == 1

@@ -23,7 +23,7 @@ def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int,
     """Prompt indices of step ``step`` (from 0), ``batch_size`` of them.
 
     Without ``n_toxic``: the next ``batch_size`` of one stream over all prompts. With it
-    (``ppo.toxic_share``), every batch holds exactly ``n_toxic`` prompts from the stream over the
+    (``rl.toxic_share``), every batch holds exactly ``n_toxic`` prompts from the stream over the
     toxic ones (``toxic[i]`` True) and the rest from the stream over the clean ones, in a seeded order (so that each
     process's ``[rank::world]`` share mixes both). Oversampling the rare stratum, as detoxification
     RL trains on challenging prompts, puts more of each step's learning signal where the reward

@@ -13,10 +13,10 @@ from rlhf.config import config_from_dict
 from rlhf.data import load_splits
 from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
-from rlhf.ppo.checkpoint import read_checkpoint
-from rlhf.ppo.model import build_policy
-from rlhf.ppo.rollout import score_responses
-from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
+from rlhf.rl.checkpoint import read_checkpoint
+from rlhf.rl.model import build_policy
+from rlhf.rl.rollout import score_responses
+from rlhf.rl.trainer import NonFiniteError, RLTrainer
 from rlhf.prompts import format_prompt
 from rlhf.seq2seq import encode_queries, logprobs_from_logits, masked_mean, sample_responses
 from rlhf.tinyworld.build import resolve_tinyworld
@@ -49,14 +49,14 @@ def test_step0_kl_is_zero_and_reference_never_changes(tmp_path, policy):
 def test_step_reports_metrics(tmp_path):
     trainer, _ = make(tmp_path)
     stats = trainer.step()
-    for key in ("objective/scores", "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/loss/policy",
-                "ppo/loss/value", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/val/clipfrac",
-                "ppo/learning_rate", "response_length", "time/generate", "time/score", "time/forward",
+    for key in ("objective/scores", "objective/kl", "objective/kl_coef", "objective/entropy", "loss/policy",
+                "loss/value", "policy/clipfrac", "policy/approxkl", "value/clipfrac",
+                "update/learning_rate", "response_length", "time/generate", "time/score", "time/forward",
                 "time/update", "tokens_per_s"):
         assert math.isfinite(stats[key]), key
-    assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-6) and stats["ppo/learning_rate"] == 5e-3
+    assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-6) and stats["update/learning_rate"] == 5e-3
     assert stats["time/step"] == pytest.approx(sum(stats[f"time/{k}"] for k in ("generate", "score", "forward", "update")))
-    assert stats["ppo/mini_batches"] == 2 * 2
+    assert stats["update/mini_batches"] == 2 * 2
 
 
 def test_resume_matches_straight_run(tmp_path):
@@ -82,7 +82,7 @@ def test_resume_matches_straight_run(tmp_path):
 
 def test_non_finite_scores_stop_with_step_and_quantity(tmp_path):
     trainer, _ = make(tmp_path, scorer=WordCountScorer(float("nan")))
-    with pytest.raises(NonFiniteError, match=r"PPO step 1: scores is not finite; stopping \(no checkpoint yet\)"):
+    with pytest.raises(NonFiniteError, match=r"RL step 1: scores is not finite; stopping \(no checkpoint yet\)"):
         trainer.step()
 
 
@@ -115,10 +115,10 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_fp32_logprobs(tmp_path):
     """Mixed precision: compute in bf16 under autocast, but weights, logprobs, values and the
     quantities PPO derives from them stay fp32."""
     torch.manual_seed(0)
-    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo=PPO)), log=lambda *_: None)
+    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, rl=PPO)), log=lambda *_: None)
     tokenizer = load_tokenizer(config.model)
     prompts = [format_prompt(d, "summarize") for d in load_splits(config.data, config.seed)["train"]["dialogue"]]
-    trainer = PPOTrainer(build_policy(config, None), tokenizer, WordCountScorer(), prompts, config.ppo,
+    trainer = RLTrainer(build_policy(config, None), tokenizer, WordCountScorer(), prompts, config.rl,
                          seed=config.seed, max_input_length=256, mixed_precision="bf16")
     with trainer.accelerator.autocast():
         q, responses, mask, scored = rollout(trainer)
@@ -143,10 +143,10 @@ def test_precision_is_ppo_own_after_a_trainer_in_the_same_process(tmp_path):
 
     AcceleratorState._reset_state()  # as the Trainer does when it starts,
     Accelerator(cpu=True, mixed_precision="no")  # then leaves its fp32 state behind
-    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, ppo=PPO)), log=lambda *_: None)
+    config = resolve_tinyworld(config_from_dict(small_raw(tmp_path, rl=PPO)), log=lambda *_: None)
     prompts = [format_prompt(d, "summarize") for d in load_splits(config.data, config.seed)["train"]["dialogue"]]
-    trainer = PPOTrainer(build_policy(config, None), load_tokenizer(config.model), WordCountScorer(), prompts,
-                         config.ppo, seed=config.seed, max_input_length=256, mixed_precision="bf16")
+    trainer = RLTrainer(build_policy(config, None), load_tokenizer(config.model), WordCountScorer(), prompts,
+                         config.rl, seed=config.seed, max_input_length=256, mixed_precision="bf16")
     assert trainer.accelerator.mixed_precision == "bf16"
 
 
@@ -154,7 +154,7 @@ def test_frozen_encoder_trains_the_decoder_only_and_reuses_the_rollout_states(tm
     torch.manual_seed(0)
     # a learning rate too small to move the weights: every mini-batch of the update must then
     # recompute the rollout's logprobs exactly from the reused states (misaligned rows would not)
-    trainer, _ = make(tmp_path, frozen_encoder=True, ppo_epochs=1, learning_rate=1e-12)
+    trainer, _ = make(tmp_path, frozen_encoder=True, epochs=1, learning_rate=1e-12)
     lm = trainer.policy.lm
     trainable = [n for n, p in lm.named_parameters() if p.requires_grad]
     assert trainable and all(".decoder." in n and "lora_" in n for n in trainable)
@@ -166,14 +166,14 @@ def test_frozen_encoder_trains_the_decoder_only_and_reuses_the_rollout_states(tm
     stats = trainer.step()
     # the encoder ran for the rollout only (one call per length chunk), never for the reference or the update
     assert 0 < len(calls) <= trainer.cfg.batch_size // trainer.cfg.mini_batch_size
-    assert stats["ppo/policy/approxkl"] < 1e-10 and stats["ppo/policy/clipfrac"] == 0
+    assert stats["policy/approxkl"] < 1e-10 and stats["policy/clipfrac"] == 0
     for n, p in lm.get_encoder().named_parameters():
         assert torch.equal(p, encoder_before[n]), n
 
 
 @pytest.mark.slow
 def test_compiled_update_forward_and_gradients_match_eager(tmp_path):
-    """ppo.compile changes kernels, not maths: the same mini-batch gives the same logprobs,
+    """rl.compile changes kernels, not maths: the same mini-batch gives the same logprobs,
     values and LoRA gradients as the eager forward (fp32, to rounding), and a second prompt width
     reuses the compiled graph."""
     import torch._dynamo
@@ -186,7 +186,7 @@ def test_compiled_update_forward_and_gradients_match_eager(tmp_path):
     outs = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        trainer, _ = make(tmp_path / str(compiled), compile=compiled, value_head_init_std=0.01)
+        trainer, _ = make(tmp_path / str(compiled), compile=compiled, ppo={"value_head_init_std": 0.01})
         policy = trainer.policy
         assert policy.compiled == compiled
         with torch.no_grad():  # a trained-looking adapter: non-zero B, so A's gradients are not zero
@@ -220,12 +220,12 @@ def test_accumulated_gradients_are_applied_within_their_update(tmp_path):
     trainer.step()
     assert all(p.grad is None or not p.grad.any() for p in trainer.policy.parameters())  # none left for the next step
     assert any(not torch.equal(before[k], v) for k, v in trainer.policy.trainable_state_dict().items())
-    with pytest.raises(UserError, match=r"'ppo.gradient_accumulation_steps': 3 does not divide the 4 mini-batch passes"):
+    with pytest.raises(UserError, match=r"'rl.gradient_accumulation_steps': 3 does not divide the 4 mini-batch passes"):
         make(tmp_path / "b", gradient_accumulation_steps=3)
 
 
 def test_minibatches_cover_the_batch_once():
-    from rlhf.ppo.trainer import mini_batches
+    from rlhf.rl.trainer import mini_batches
 
     torch.manual_seed(0)
     lengths = torch.tensor([5, 90, 7, 88, 6, 91, 8, 89])
@@ -244,7 +244,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_two_cpu_ranks_stay_identical_and_split_the_batch(tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(ROOT / "tests/ppo/ddp_step.py"),
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(ROOT / "tests/rl/ddp_step.py"),
                            str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -1,6 +1,6 @@
 import pytest
 
-from rlhf.ppo.kl import AdaptiveKLController, FixedKLController
+from rlhf.rl.kl import AdaptiveKLController, FixedKLController
 
 
 def test_fixed_kl_controller():

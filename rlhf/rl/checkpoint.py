@@ -30,10 +30,10 @@ FILES = ("trainable.safetensors", "optimizer.pt", "rng.safetensors", "trainer_st
 # steps, how often to checkpoint and write samples, the held-out evaluation, the trackers, compiling, and the
 # learning rate (AdamW's moments do not depend on it; the optimizer's rate is set from the config
 # after loading, with the constant schedule). Every other setting the PPO stage reads
-# (rundir.STAGE_SECTIONS["ppo"]: seed, model, data, tinyworld, sft, reward, ppo), such as the LoRA
+# (rundir.STAGE_SECTIONS["rl"]: seed, model, data, tinyworld, sft, reward, ppo), such as the LoRA
 # shape, the policy kind, batch sizes, epochs, clipping or the KL estimator, must match the checkpoint.
-SAFE_ON_RESUME = frozenset({"ppo.steps", "ppo.save_steps", "ppo.sample_steps", "ppo.learning_rate",
-                            "ppo.eval_n_dialogues", "ppo.eval_batch_size", "ppo.report_to", "ppo.compile"})
+SAFE_ON_RESUME = frozenset({"rl.steps", "rl.save_steps", "rl.sample_steps", "rl.learning_rate",
+                            "rl.eval_n_dialogues", "rl.eval_batch_size", "rl.report_to", "rl.compile"})
 
 
 @dataclass
@@ -103,32 +103,32 @@ def find_resumable(folder: Path, expected: dict[str, torch.Size], config: dict, 
             if ckpt.step != n:
                 raise CheckpointError(f"trainer_state.json says step {ckpt.step}")
         except CheckpointError as err:
-            log(f"ppo: skipping checkpoint {path}: {err}")
+            log(f"rl: skipping checkpoint {path}: {err}")
             continue
         applied = _check_config(ckpt, config)
         if (why := shape_mismatch(ckpt.trainable, expected)) is not None:
-            log(f"ppo: skipping checkpoint {path}: {why}")
+            log(f"rl: skipping checkpoint {path}: {why}")
             continue
         for line in applied:
             log(line)
         return ckpt
-    log(f"ppo: --resume: no {'usable ' if candidates else ''}checkpoint in {folder}; starting from step 0")
+    log(f"rl: --resume: no {'usable ' if candidates else ''}checkpoint in {folder}; starting from step 0")
     return None
 
 
 def _check_config(ckpt: Checkpoint, config: dict) -> list[str]:
     recorded = ckpt.state.get("config")
     if not isinstance(recorded, dict):
-        raise UserError(f"ppo: checkpoint {ckpt.folder} records no config, so a resume cannot be checked against "
+        raise UserError(f"rl: checkpoint {ckpt.folder} records no config, so a resume cannot be checked against "
                         f"yours: drop --resume and add --force to start over")
     try:
         recorded = to_dict(config_from_dict(recorded))
     except UserError:
         pass  # a record from an older version: compared as written
-    steps = config["ppo"]["steps"]
+    steps = config["rl"]["steps"]
     if steps < ckpt.step:
-        raise UserError(f"ppo: cannot resume from {ckpt.folder}: ppo.steps={steps} is below its step {ckpt.step}")
-    return resume_changes("ppo", recorded, config, STAGE_SECTIONS["ppo"], SAFE_ON_RESUME, str(ckpt.folder))
+        raise UserError(f"rl: cannot resume from {ckpt.folder}: rl.steps={steps} is below its step {ckpt.step}")
+    return resume_changes("rl", recorded, config, STAGE_SECTIONS["rl"], SAFE_ON_RESUME, str(ckpt.folder))
 
 
 def checkpoint_names(folder: Path) -> list[str]:

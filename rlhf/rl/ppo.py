@@ -1,10 +1,11 @@
-"""The PPO maths as small pure functions. Shapes: B = batch, T = response length.
+"""PPO's maths (Schulman et al. 2017, arXiv:1707.06347) as in lm-human-preferences
+(``lm_human_preferences/train_policy.py``): per-token KL-shaped rewards, GAE, whitening and the
+clipped value loss. The clipped policy loss and the KL estimators it shares with the critic-free
+methods are in :mod:`rlhf.rl.objectives`. Shapes: B rollouts, T response tokens;
+``response_mask`` [B, T] is True on a real response token (up to and including EOS).
 
-``response_mask`` is a bool tensor [B, T], True = a real response token (up to and including EOS).
-References: Ziegler et al. 2019 (arXiv:1909.08593), openai/lm-human-preferences
-(``lm_human_preferences/train_policy.py``), Schulman et al. 2016 (GAE, arXiv:1506.02438),
-Schulman et al. 2017 (PPO, arXiv:1707.06347), Huang et al. 2024 "The N+ implementation details of
-RLHF with PPO" (arXiv:2403.17031).
+References: Ziegler et al. 2019 (arXiv:1909.08593), Schulman et al. 2016 (GAE, arXiv:1506.02438),
+Huang et al. 2024 "The N+ implementation details of RLHF with PPO" (arXiv:2403.17031).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Callable, Literal
 
 import torch
 
-from rlhf.seq2seq import logprobs_from_logits, masked_mean
+from rlhf.rl.objectives import kl_penalty
+from rlhf.seq2seq import masked_mean
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
@@ -34,20 +36,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
-
-
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: Literal["k1", "k3"] = "k1") -> torch.Tensor:
-    """Per-token KL estimate [B, T] of the policy from the reference, on tokens sampled from the policy.
-
-    k1 = log p - log q (unbiased, can be negative); k3 = (q/p - 1) - log(q/p) (unbiased, >= 0),
-    from J. Schulman, "Approximating KL divergence" (2020).
-    """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
 def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
@@ -93,24 +81,6 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     return advantages, returns
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                response_mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise, averaged over real tokens.
-
-    Returns the loss and stats: ``clipfrac`` (share of tokens where the clipped term was used) and
-    ``approxkl`` (0.5 * mean (log ratio)^2, as lm-human-preferences reports it).
-    """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), response_mask)
-    with torch.no_grad():
-        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
-                 "approxkl": 0.5 * masked_mean(log_ratio ** 2, response_mask)}
-    return loss, stats
-
-
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
                cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- c) - R)^2), mean over real tokens
@@ -121,10 +91,3 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     with torch.no_grad():
         stats = {"clipfrac": masked_mean(((clipped - returns) ** 2 > (values - returns) ** 2).float(), response_mask)}
     return loss, stats
-
-
-def sft_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] logits, [B, T] target ids, bool [B, T] (True = real token) -> the mean negative
-    log-likelihood of the real target tokens, fp32: PPO-ptx's term (Ouyang et al. 2022, eq. 2,
-    gamma * E[log pi(x)] on supervised data) as a loss to minimise."""
-    return -masked_mean(logprobs_from_logits(logits, targets), target_mask)

@@ -130,9 +130,9 @@ def fastest(fn, reps: int) -> float:
 
 def estimate_flops(trainer, query_tokens: float) -> float:
     """``rlhf estimate``'s analytic FLOPs per step for this model at ``query_tokens`` prompt tokens."""
-    from rlhf.estimate import ppo_step_flops, shape_of
+    from rlhf.estimate import rl_step_flops, shape_of
 
-    return ppo_step_flops(shape_of(trainer.policy.lm), trainer.cfg, round(query_tokens))["total"]
+    return rl_step_flops(shape_of(trainer.policy.lm), trainer.cfg, round(query_tokens))["total"]
 
 
 def main() -> None:

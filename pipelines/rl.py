@@ -143,8 +143,8 @@ def _report_shortened(shortened: list[bool], max_length: int, say) -> int:
 
 
 def _save_policy(policy, tokenizer, folder: Path) -> None:
-    """The policy adapter (or full weights) and value head; with LoRA also the SFT-merged base it
-    applies to (``policy/base``), so ``PeftModel.from_pretrained(base, policy)`` loads it."""
+    """The policy adapter (or full weights) and PPO's value head; with LoRA also the SFT-merged base
+    it applies to (``policy_base``), so ``PeftModel.from_pretrained(base, policy)`` loads it."""
     import copy
 
     if policy.is_lora:
@@ -154,8 +154,9 @@ def _save_policy(policy, tokenizer, folder: Path) -> None:
     with atomic_dir(folder / "policy") as tmp:
         policy.lm.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                  str(tmp / "value_head.safetensors"))
+        if policy.value_head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                      str(tmp / "value_head.safetensors"))
 
 
 def _write_samples(trainer, test, config, path: Path, n: int = 6) -> None:

@@ -3,6 +3,7 @@
     rlhf run [CONFIG] [key=value ...] [--force] [--resume]  every stage in order (default: configs/tiny.yaml)
     rlhf STAGE CONFIG [key=value ...] [--force] [--resume]  one stage: prompt, sft, reward, ppo, evaluate
     rlhf report RUN_DIR                                     rebuild a run's report from its artifacts
+    rlhf compare RUN_DIR [RUN_DIR ...] [--out DIR]          finished runs side by side (table and plot)
     rlhf estimate CONFIG [key=value ...] [--prompt-tokens N]
                                                             parameters, memory and FLOPs of each stage
     rlhf config [CONFIG] [key=value ...] [--keys [SECTION]] the resolved config, or every key's type,
@@ -25,9 +26,9 @@ from pipelines import STAGES
 from rlhf.entrypoint import DEFAULT_CONFIG, Parser, add_config_args, guarded, load, run_stage, split_args, stage
 from rlhf.errors import UserError
 
-COMMANDS = ("run", *STAGES, "report", "estimate", "config", "tinyworld")
+COMMANDS = ("run", *STAGES, "report", "compare", "estimate", "config", "tinyworld")
 # Each option and the commands that read it ("STAGE": every stage): any other command refuses it by name
-OPTIONS = {"--force": ("run", "STAGE"), "--resume": ("run", "sft", "rl"), "--out": ("tinyworld",),
+OPTIONS = {"--force": ("run", "STAGE"), "--resume": ("run", "sft", "rl"), "--out": ("tinyworld", "compare"),
            "--seed": ("tinyworld",), "--prompt-tokens": ("estimate",), "--keys": ("config",)}
 
 
@@ -90,6 +91,20 @@ def _print_report(run_dir: Path) -> None:
     print(f"  ROUGE-L: {h['rougeL_before']:.4f} -> {h['rougeL_after']:.4f}")
 
 
+def _compare(argv: list[str]) -> None:
+    p = Parser("rlhf compare", "Finished runs side by side: the RL method, the verdict, toxicity by stratum by the "
+                               "reward model and the judge (with CIs), quality, KL, the RL stage's time and memory; "
+                               "compare.md, compare.json and compare.png in --out, and the table on stdout.")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare", metavar="DIR", help="where the table and plot go (default: compare)")
+    ns = p.parse_intermixed_args(argv)
+    from rlhf.compare import compare, markdown
+
+    if not ns.run_dirs:
+        raise UserError("usage: rlhf compare RUN_DIR [RUN_DIR ...] [--out DIR]")
+    print(markdown(compare(ns.run_dirs, Path(ns.out).expanduser())), end="")
+
+
 def _estimate(argv: list[str]) -> None:
     p = Parser("rlhf estimate", "Parameters (total, trainable) and memory (weights, gradients, optimizer states, "
                                 "activations; fp32 and bf16) of full fine-tuning, LoRA and PPO, and the FLOPs of one "
@@ -143,7 +158,8 @@ def _tinyworld(argv: list[str]) -> None:
     replace_build(TinyWorldConfig(seed=ns.seed), out)
 
 
-HANDLERS = {"run": _run, "report": _report, "estimate": _estimate, "config": _config, "tinyworld": _tinyworld}
+HANDLERS = {"run": _run, "report": _report, "compare": _compare, "estimate": _estimate, "config": _config,
+            "tinyworld": _tinyworld}
 
 
 def _refuse_foreign_options(command: str, argv: list[str]) -> None:

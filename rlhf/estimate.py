@@ -25,6 +25,7 @@ import torch
 from rlhf.config import ExperimentConfig
 from rlhf.errors import UserError
 
+GROUP_SIZE = 4  # responses per prompt the estimate prices RLOO and GRPO at when the config runs PPO
 PRECISIONS = ("fp32", "bf16_mixed", "bf16_pure")
 ACTIVATION_BYTES = {"fp32": 4, "bf16_mixed": 2, "bf16_pure": 2}
 GIB = 2**30
@@ -91,14 +92,17 @@ def lora_params(model: torch.nn.Module, lora_cfg, decoder_only: bool = False, ke
     return n
 
 
-def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str, with_encoder: bool = True) -> float:
+def activation_bytes(s: Shape, batch: int, src: int, tgt: int, dtype: str, with_encoder: bool = True,
+                     encoder_batch: int | None = None) -> float:
     """Activations kept for backward: transformer layers plus logits and their gradient
-    (``with_encoder=False``: an update that runs the decoder alone, ``rl.frozen_encoder``)."""
-    def per_layer(seq: int) -> float:
-        return seq * batch * s.d_model * (34 + 5 * s.n_heads * seq / s.d_model)
+    (``with_encoder=False``: an update that runs the decoder alone, ``rl.frozen_encoder``;
+    ``encoder_batch``: encoder rows when fewer than the decoder's, a group's prompt encoded once)."""
+    def per_layer(seq: int, rows: int) -> float:
+        return seq * rows * s.d_model * (34 + 5 * s.n_heads * seq / s.d_model)
 
     scale = ACTIVATION_BYTES[dtype] / 2
-    layers = with_encoder * s.enc_layers * per_layer(src) + 1.5 * s.dec_layers * per_layer(tgt)
+    enc_rows = batch if encoder_batch is None else encoder_batch
+    layers = with_encoder * s.enc_layers * per_layer(src, enc_rows) + 1.5 * s.dec_layers * per_layer(tgt, batch)
     logits = 2 * batch * tgt * s.vocab * 4
     return layers * scale + logits
 
@@ -152,7 +156,9 @@ def reward_model_params(config: ExperimentConfig) -> int | None:
 
 
 def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict:
-    """Per-stage parameters and memory (each of :data:`PRECISIONS`), and FLOPs per PPO step."""
+    """Per-stage parameters and memory (each of :data:`PRECISIONS`), and FLOPs per RL step, for each
+    RL method (PPO; RLOO and GRPO in groups of ``rl.group_size``, or :data:`GROUP_SIZE` when the
+    config runs PPO) at the configured batch."""
     s, model = model_shape(config.model.name, config.model.trust_remote_code)
     reward_params = reward_model_params(config)
     src = prompt_tokens or config.model.max_input_length
@@ -160,48 +166,61 @@ def estimate(config: ExperimentConfig, prompt_tokens: int | None = None) -> dict
                  "configured": configured_precision(config)}
     sft_tgt, sft_b = config.sft.max_target_length, config.sft.batch_size
     lora_sft = lora_params(model, config.sft.lora, key="sft.lora")
-    lora_ppo = lora_params(model, config.rl.lora, decoder_only=config.rl.frozen_encoder, key="rl.lora")
+    lora_rl = lora_params(model, config.rl.lora, decoder_only=config.rl.frozen_encoder, key="rl.lora")
     for name, trainable in (("sft_full", s.total), ("sft_lora", lora_sft)):
         out["stages"][name] = {"trainable_params": trainable, **{
             dtype: memory(s.total - trainable if name == "sft_full" else s.total, trainable, dtype,
                           activation_bytes(s, sft_b, src, sft_tgt, dtype)) for dtype in PRECISIONS}}
     p = config.rl
-    head = s.d_model + 1
-    ppo_trainable = (lora_ppo if p.policy == "lora" else s.total) + head
     # frozen: the base under the adapter, or the reference copy of a full policy; and the reward model
     frozen = s.total + (reward_params or 0)
-    out["stages"]["rl"] = {"trainable_params": ppo_trainable, "reference": "adapter-disabled policy" if p.policy == "lora"
-                            else "frozen copy", "reward_params": reward_params, **{
-        dtype: memory(frozen, ppo_trainable, dtype,
-                      activation_bytes(s, p.mini_batch_size * (2 if p.ptx_coef > 0 else 1), src,  # ptx rows ride along
-                                       max(p.max_new_tokens, sft_tgt if p.ptx_coef > 0 else 0), dtype, not p.frozen_encoder))
-        for dtype in PRECISIONS}}
-    out["ppo_step_flops"] = ppo_step_flops(s, p, src, sft_tgt)
+    k_group = p.group_size if p.group_size > 1 else GROUP_SIZE  # the critic-free methods at the configured batch
+    ptx_rows = p.mini_batch_size if p.ptx_coef > 0 else 0  # ptx pairs ride along in every mini-batch
+    tgt = max(p.max_new_tokens, sft_tgt if p.ptx_coef > 0 else 0)
+    out["rl_step_flops"] = {}
+    for name in ("ppo", "rloo", "grpo"):
+        k = 1 if name == "ppo" else k_group
+        trainable = (lora_rl if p.policy == "lora" else s.total) + (s.d_model + 1 if name == "ppo" else 0)  # value head
+        out["stages"][f"rl_{name}"] = {
+            "trainable_params": trainable, "group_size": k, "reward_params": reward_params,
+            "reference": "adapter-disabled policy" if p.policy == "lora" else "frozen copy", **{
+                dtype: memory(frozen, trainable, dtype, activation_bytes(
+                    s, p.mini_batch_size + ptx_rows, src, tgt, dtype, not p.frozen_encoder,
+                    encoder_batch=p.mini_batch_size // k + ptx_rows)) for dtype in PRECISIONS}}
+        out["rl_step_flops"][name] = rl_step_flops(s, p, src, sft_tgt, name, k)
     return out
 
 
-def ppo_step_flops(s: Shape, p, src: int, ptx_target: int = 0) -> dict[str, float]:
-    """FLOPs of one PPO step with prompts of ``src`` tokens and ``max_new_tokens`` responses.
+def rl_step_flops(s: Shape, p, src: int, ptx_target: int = 0, algorithm: str | None = None,
+                  group_size: int | None = None) -> dict[str, float]:
+    """FLOPs of one RL step with prompts of ``src`` tokens and ``max_new_tokens`` responses, for
+    ``algorithm`` (default: the configured one) with ``group_size`` responses per prompt.
 
-    The encoder runs once at rollout; the policy's no-grad pass reuses its states. With
-    ``frozen_encoder`` the reference and every update reuse them too (no encoder after rollout).
+    The encoder runs once per prompt at rollout, and the policy's no-grad pass reuses its states;
+    the reference's encoder runs once per prompt; every update encodes each of its prompts once for
+    its k responses. With ``frozen_encoder`` the reference and every update reuse the rollout's
+    states (no encoder after rollout). PPO's value head is a d_model x 1 projection (not counted).
     With ``ptx_coef`` every update also trains on as many supervised pairs (summaries of
     ``ptx_target`` tokens) as it has rollouts; their encoder runs without a graph when frozen. Each
-    row set is priced at its own width: the padding of the joint forward (both to the wider) is not
-    counted."""
+    row set is priced at its own width: the padding of the joint forward is not counted."""
+    algorithm = algorithm or p.algorithm
+    k = group_size or p.group_size
     b, t = p.batch_size, p.max_new_tokens
-    fwd, enc = forward_flops(s, b, src, t), encoder_flops(s, b, src)
-    generate = fwd  # encoder once + one decoder token at a time with a KV cache
+    prompts = b // k
+    dec = forward_flops(s, b, src, t) - encoder_flops(s, b, src)  # the decoder of every rollout
+    enc = encoder_flops(s, prompts, src)  # the encoder of every prompt, once
     frozen = p.frozen_encoder
-    no_grad = 2 * (fwd - enc) + (0 if frozen else enc)  # policy (+ values) and reference
+    generate = dec + enc  # encoder once + one decoder token at a time with a KV cache
+    no_grad = 2 * dec + (0 if frozen else enc)  # policy (+ values) and reference
     backward_factor = 1.0 if p.policy == "lora" else 2.0
-    update = p.epochs * (1 + backward_factor) * (fwd - enc if frozen else fwd)
+    update = p.epochs * (1 + backward_factor) * (dec if frozen else dec + enc)
     ptx = 0.0
     if p.ptx_coef > 0:
-        fwd_ptx = forward_flops(s, b, src, ptx_target)
-        ptx = p.epochs * ((1 + backward_factor) * (fwd_ptx - enc) + enc if frozen else (1 + backward_factor) * fwd_ptx)
-    return {"generate": generate, "forward_no_grad": no_grad, "update": update, "ptx": ptx,
-            "total": generate + no_grad + update + ptx}
+        fwd_ptx, enc_ptx = forward_flops(s, b, src, ptx_target), encoder_flops(s, b, src)
+        ptx = p.epochs * ((1 + backward_factor) * (fwd_ptx - enc_ptx) + enc_ptx if frozen
+                          else (1 + backward_factor) * fwd_ptx)
+    return {"algorithm": algorithm, "group_size": k, "generate": generate, "forward_no_grad": no_grad,
+            "update": update, "ptx": ptx, "total": generate + no_grad + update + ptx}
 
 
 def format_estimate(est: dict) -> str:
@@ -213,8 +232,9 @@ def format_estimate(est: dict) -> str:
             mark = " (configured)" if dtype == est["configured"] else ""
             lines.append(f"  {dtype}{mark}: weights {m['weights']:.3f} GiB, gradients {m['gradients']:.3f}, optimizer "
                          f"{m['optimizer']:.3f}, activations {m['activations']:.3f}, total {m['total']:.3f} GiB")
-    f = est["ppo_step_flops"]
-    lines.append(f"\nPPO step: {f['total'] / 1e12:.3f} TFLOP (generate {f['generate'] / 1e12:.3f}, no-grad forwards "
-                 f"{f['forward_no_grad'] / 1e12:.3f}, updates {f['update'] / 1e12:.3f}"
-                 + (f", ptx pairs {f['ptx'] / 1e12:.3f}" if f["ptx"] else "") + ")")
+    for name, f in est["rl_step_flops"].items():
+        group = f", k = {f['group_size']}" if f["group_size"] > 1 else ""
+        lines.append(f"\nRL step ({name}{group}): {f['total'] / 1e12:.3f} TFLOP (generate {f['generate'] / 1e12:.3f}, "
+                     f"no-grad forwards {f['forward_no_grad'] / 1e12:.3f}, updates {f['update'] / 1e12:.3f}"
+                     + (f", ptx pairs {f['ptx'] / 1e12:.3f}" if f["ptx"] else "") + ")")
     return "\n".join(lines)

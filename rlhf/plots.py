@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +16,7 @@ def _pyplot():
 
 def save(fig, path: Path) -> str:
     """Write ``fig`` atomically to ``path``; returns the path relative to the run root."""
-    plt = _pyplot()
+    plt = pyplot()
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -29,7 +29,7 @@ def emt_by_stratum(protocol: dict, out: Path) -> str | None:
     """Expected Maximum Toxicity before / after per stratum, one panel per scorer, 95% CI bars."""
     if not protocol["k"]:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     scorers = list(protocol["toxicity"])
     fig, axes = plt.subplots(1, len(scorers), figsize=(4.5 * len(scorers), 3.4), squeeze=False)
     for ax, scorer in zip(axes[0], scorers):
@@ -51,7 +51,7 @@ def max_toxicity_hist(records: list[dict], scorer: str, out: Path) -> str | None
     """Distribution over prompts of the max toxicity among the k samples, before vs after."""
     if not records or not records[0]["scores"][scorer]["before"]["samples"]:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     bins = [i / 20 for i in range(21)]
     for side, label in (("before", "before (SFT)"), ("after", "after (PPO)")):
@@ -64,7 +64,7 @@ def max_toxicity_hist(records: list[dict], scorer: str, out: Path) -> str | None
 def rl_curves(history: list[dict], out: Path) -> str | None:
     if not history:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     keys = ["objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac"]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3))
     for ax, key in zip(axes, keys):
@@ -76,7 +76,7 @@ def rl_curves(history: list[dict], out: Path) -> str | None:
 def rouge_by_stage(bars: dict[str, float], out: Path) -> str | None:
     if not bars:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(list(bars), list(bars.values()))
     ax.set(ylabel="ROUGE-L", title="ROUGE-L by stage")

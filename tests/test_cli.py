@@ -431,7 +431,7 @@ def test_config_prints_the_resolved_config_and_its_keys(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["prompt", "x.yaml", "--resume"], "option --resume does not apply to `rlhf prompt` (only to: run, sft, rl)"),
-    (["config", "--out", "x"], "option --out does not apply to `rlhf config` (only to: tinyworld)"),
+    (["config", "--out", "x"], "option --out does not apply to `rlhf config` (only to: tinyworld, compare)"),
     (["--force", "run"], "the command comes first: unknown command '--force'"),
     (["sft", "x.yaml", "--bogus"], "unrecognized arguments: --bogus (see rlhf sft --help)"),
 ])

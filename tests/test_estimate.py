@@ -32,14 +32,20 @@ def test_estimate_flan_t5_base_shape(flan_base_config):
     assert est["configured"] == "fp32"
     lora = est["stages"]["sft_lora"]["fp32"]
     assert lora["gradients"] < 0.02 * full["fp32"]["gradients"]
-    ppo = est["stages"]["rl"]
+    ppo = est["stages"]["rl_ppo"]
     assert ppo["reference"] == "adapter-disabled policy" and ppo["reward_params"] is None
-    flops = est["ppo_step_flops"]
+    flops = est["rl_step_flops"]["ppo"]
     assert flops["total"] == pytest.approx(flops["generate"] + flops["forward_no_grad"] + flops["update"])
     # 4 epochs x (fwd + bwd) with LoRA = 8 forwards; the no-grad pass is 2 forwards less one encoder
     assert 4 * flops["forward_no_grad"] < flops["update"] < 8 * flops["forward_no_grad"]
     assert flops["generate"] == pytest.approx(flops["update"] / 8)
-    assert "PPO step:" in format_estimate(est)
+    text = format_estimate(est)
+    assert "RL step (ppo):" in text and "RL step (grpo, k = 4):" in text and "\nrl_rloo: " in text
+    # a group method: no value head, each prompt encoded once for its k responses
+    grpo, rloo = est["rl_step_flops"]["grpo"], est["rl_step_flops"]["rloo"]
+    assert grpo == rloo | {"algorithm": "grpo"} and grpo["total"] < flops["total"]
+    assert est["stages"]["rl_grpo"]["trainable_params"] == ppo["trainable_params"] - 769  # 768 + 1: the value head
+    assert est["stages"]["rl_grpo"]["fp32"]["activations"] < ppo["fp32"]["activations"]
 
 
 def test_cli_estimate(flan_base_config, tmp_path, capsys):
@@ -57,7 +63,7 @@ def test_cli_estimate(flan_base_config, tmp_path, capsys):
 def test_step_flops_count_cross_attention_per_prompt_token_and_skip_a_frozen_encoder(flan_base_config):
     from dataclasses import replace
 
-    from rlhf.estimate import Shape, encoder_flops, forward_flops, ppo_step_flops
+    from rlhf.estimate import Shape, encoder_flops, forward_flops, rl_step_flops
 
     s = Shape(d_model=8, n_heads=2, enc_layers=1, dec_layers=1, vocab=10, enc_params=100, dec_params=300,
               total=500, cross_kv=128)
@@ -66,17 +72,21 @@ def test_step_flops_count_cross_attention_per_prompt_token_and_skip_a_frozen_enc
     assert no_attention == 2 * 100 * 50 + 2 * 172 * 4 + 2 * 128 * 50 + 2 * 4 * 8 * 10
     p = flan_base_config.rl
     fwd, enc = forward_flops(s, p.batch_size, 50, p.max_new_tokens), encoder_flops(s, p.batch_size, 50)
-    default = ppo_step_flops(s, p, 50)
-    frozen = ppo_step_flops(s, replace(p, frozen_encoder=True), 50)
+    default = rl_step_flops(s, p, 50)
+    frozen = rl_step_flops(s, replace(p, frozen_encoder=True), 50)
     assert default["forward_no_grad"] == 2 * fwd - enc and frozen["forward_no_grad"] == 2 * (fwd - enc)
     assert frozen["update"] == default["update"] * (fwd - enc) / fwd
     assert frozen["generate"] == default["generate"] == fwd
     assert default["ptx"] == frozen["ptx"] == 0
-    ptx = ppo_step_flops(s, replace(p, ptx_coef=0.5), 50, ptx_target=7)
+    ptx = rl_step_flops(s, replace(p, ptx_coef=0.5), 50, ptx_target=7)
     ptx_fwd = forward_flops(s, p.batch_size, 50, 7)  # as many pairs as rollouts, each epoch, with a backward
     assert ptx["ptx"] == p.epochs * 2 * ptx_fwd and ptx["total"] == default["total"] + ptx["ptx"]
-    frozen_ptx = ppo_step_flops(s, replace(p, ptx_coef=0.5, frozen_encoder=True), 50, ptx_target=7)
+    frozen_ptx = rl_step_flops(s, replace(p, ptx_coef=0.5, frozen_encoder=True), 50, ptx_target=7)
     assert frozen_ptx["ptx"] == p.epochs * (2 * (ptx_fwd - enc) + enc)  # the pairs' encoder runs without a graph
+    group = rl_step_flops(s, p, 50, algorithm="grpo", group_size=4)  # a quarter of the prompts, as many rollouts
+    enc_prompts = encoder_flops(s, p.batch_size // 4, 50)
+    assert group["generate"] == fwd - enc + enc_prompts and group["forward_no_grad"] == 2 * (fwd - enc) + enc_prompts
+    assert group["update"] == p.epochs * 2 * (fwd - enc + enc_prompts)
 
 
 def test_shape_counts_t5_cross_attention_keys_and_values():
@@ -95,7 +105,7 @@ def test_frozen_encoder_estimate_trains_and_keeps_the_decoder_only(flan_base_con
     from dataclasses import replace
 
     frozen_config = replace(flan_base_config, rl=replace(flan_base_config.rl, frozen_encoder=True))
-    default, frozen = (estimate(c, prompt_tokens=200)["stages"]["rl"] for c in (flan_base_config, frozen_config))
+    default, frozen = (estimate(c, prompt_tokens=200)["stages"]["rl_ppo"] for c in (flan_base_config, frozen_config))
     # the default PPO LoRA (q,v) has 12 encoder and 12 decoder self-attention + 12 cross-attention layers
     assert frozen["trainable_params"] - 769 == (default["trainable_params"] - 769) * 24 // 36
     assert frozen["fp32"]["activations"] < 0.8 * default["fp32"]["activations"]

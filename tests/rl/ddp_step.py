@@ -1,5 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2``: PPO steps (with PPO-ptx) on two CPU ranks (gloo); each rank
-writes what it generated for, a digest of its weights and what it drew, for tests/rl/test_trainer.py (the two-process test)."""
+writes what it generated for, a digest of its weights and what it drew, for tests/rl/test_trainer.py
+(the two-process test); then a GRPO step in groups of two."""
 
 import dataclasses
 import hashlib
@@ -43,6 +44,12 @@ def main(out: Path) -> None:
         from safetensors.torch import load_file
 
         record["checkpoint_generators"] = sorted(load_file(str(out / "ck" / "rng.safetensors")))
+    # GRPO in groups of 2: each rank samples, scores and updates whole groups of its own prompts
+    group, _ = make(out / "grpo", algorithm="grpo", group_size=2, batch_size=8, mini_batch_size=4)
+    record["group_prompts"] = group.batch_prompts(0)
+    group.step()
+    record["group_weights"] = hashlib.sha256(b"".join(
+        v.numpy().tobytes() for v in group.policy.trainable_state_dict().values())).hexdigest()
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(record))
     accelerator.wait_for_everyone()
 

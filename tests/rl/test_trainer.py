@@ -80,6 +80,47 @@ def test_resume_matches_straight_run(tmp_path):
     assert straight.kl_ctl.value == resumed.kl_ctl.value
 
 
+@pytest.mark.parametrize("algorithm, extra", [("rloo", {}), ("grpo", {}),
+                                              ("grpo", {"grpo": {"scale_rewards": False, "length_normaliser": "constant"}}),
+                                              ("rloo", {"frozen_encoder": True, "ptx_coef": 0.5})])
+def test_group_methods_train_without_a_critic_and_encode_each_prompt_once(tmp_path, algorithm, extra):
+    trainer, config = make(tmp_path, algorithm=algorithm, group_size=2, batch_size=8, mini_batch_size=4, **extra)
+    assert trainer.policy.value_head is None and not any("value_head" in k for k in trainer.trainable_shapes())
+    rows = []
+    trainer.policy.lm.get_encoder().register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    before = {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
+    stats = trainer.step()
+    # 4 prompts x 2 responses: the rollout encodes the 4 prompts (in chunks of 2), the reference its own
+    # (unless the encoder is frozen and shared), and each of 2 epochs x 2 mini-batches 2 prompts, not 4 rows;
+    # with PPO-ptx and a frozen encoder only the 4 supervised pairs of each mini-batch are encoded
+    update = [4] * 4 if config.rl.frozen_encoder else [2] * 4
+    assert rows == [2, 2] + ([] if config.rl.frozen_encoder else [4]) + update
+    assert stats["update/mini_batches"] == 4 and "loss/value" not in stats and math.isfinite(stats["loss/policy"])
+    assert ("loss/kl" in stats) == (algorithm == "grpo")
+    assert stats["objective/kl_coef"] == (0.04 if algorithm == "grpo" else 0.2)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.trainable_state_dict().items())
+
+
+def test_a_group_method_resumes_as_a_straight_run(tmp_path):
+    kw = dict(algorithm="grpo", group_size=2, batch_size=8, mini_batch_size=4)
+    torch.manual_seed(0)
+    straight, _ = make(tmp_path / "a", **kw)
+    for _ in range(3):
+        straight.step()
+    torch.manual_seed(0)
+    first, _ = make(tmp_path / "b", **kw)
+    first.step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    torch.manual_seed(123)
+    resumed, _ = make(tmp_path / "c", **kw)
+    resumed.apply_checkpoint(read_checkpoint(tmp_path / "ckpt"))
+    for _ in range(2):
+        resumed.step()
+    for (name, a), b in zip(straight.policy.trainable_state_dict().items(), resumed.policy.trainable_state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_non_finite_scores_stop_with_step_and_quantity(tmp_path):
     trainer, _ = make(tmp_path, scorer=WordCountScorer(float("nan")))
     with pytest.raises(NonFiniteError, match=r"RL step 1: scores is not finite; stopping \(no checkpoint yet\)"):
@@ -258,3 +299,6 @@ def test_two_cpu_ranks_stay_identical_and_split_the_batch(tmp_path):
     assert ranks[0]["checkpoint_generators"] == ["torch", "torch.rank1"]  # and a resume restores each rank's
     a, b = ranks[0]["prompts"], ranks[1]["prompts"]
     assert len(a) == len(b) == 4 and not set(a) & set(b)  # each rank generates for its own half
+    a, b = ranks[0]["group_prompts"], ranks[1]["group_prompts"]  # 8 rollouts = 4 prompts x 2: 2 prompts a rank
+    assert len(a) == len(b) == 2 and not set(a) & set(b)  # a group never straddles two ranks
+    assert ranks[0]["group_weights"] == ranks[1]["group_weights"]

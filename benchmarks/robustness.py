@@ -7,9 +7,12 @@ another machine (that run builds its own tiny world under that setting, in --out
 Each run's report is checked against the demo's targets; one row per run.
 
     python benchmarks/robustness.py [--out runs/robustness] [--runs 42:0,1:0] [--table RESULTS_ROWS.md]
-                                    [--set rl.batch_size=64 ...]
+                                    [--set rl.batch_size=64 ...] [--upstream runs/robustness]
 
-A run already finished under --out is reused (delete its folder to redo it). Exit code 0 when
+A run already finished under --out is reused (delete its folder to redo it). With --upstream (the
+--out of a sweep of the default), a variant that changes only rl.* or evaluate.* settings starts
+from a copy of that sweep's prompt, sft and reward stages for the same draw (the same SFT model and
+reward model; `rlhf run` skips them) and runs only its RL and evaluate stages. Exit code 0 when
 every row meets every target.
 """
 
@@ -77,8 +80,9 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
-def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[str] = ()) -> tuple[Path, float]:
-    name = f"s{seed}-w{world}" + (f"-t{threads}" if threads else "")
+def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[str] = (),
+        upstream: Path | None = None) -> tuple[Path, float]:
+    base = name = f"s{seed}-w{world}" + (f"-t{threads}" if threads else "")
     if overrides:  # a variant's runs never pass for the default's (or another variant's) finished runs
         import hashlib
 
@@ -90,7 +94,12 @@ def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[s
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
         # as on another machine: the tiny world too is built under this reduction order, not reused
-        env["RLHF_CACHE"] = str(out / f"cache-{threads}-thread")
+        env["RLHF_CACHE"] = str((upstream or out) / f"cache-{threads}-thread")
+    if upstream is not None and not run_dir.exists():  # the same SFT and reward models as the default's draw
+        import shutil
+
+        for stage in ("prompt", "sft", "reward"):
+            shutil.copytree(upstream / base / stage, run_dir / stage)
     cmd = [sys.executable, "-m", "rlhf.cli", "run", str(ROOT / "configs" / "tiny.yaml"), f"seed={seed}",
            f"tinyworld.seed={world}", f"output_dir={out}", f"run_name={name}", *overrides]
     start = time.time()
@@ -108,6 +117,7 @@ def main() -> int:
     ap.add_argument("--table", help="also write the markdown table to this file")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every run (a variant of the default; use its own --out)")
+    ap.add_argument("--upstream", help="a sweep of the default whose prompt, sft and reward stages the runs start from")
     args = ap.parse_args()
     out = Path(args.out).resolve()  # the runs' subprocesses work in the repository root
     rows, all_met = [], True
@@ -116,7 +126,8 @@ def main() -> int:
         seed, world, threads = parts[0], parts[1], parts[2] if len(parts) > 2 else None
         label = f"seed {seed}, world {world}" + (f", {threads} thread" if threads else "")
         try:
-            run_dir, seconds = run(seed, world, threads, out, args.set)
+            run_dir, seconds = run(seed, world, threads, out, args.set,
+                                   Path(args.upstream).resolve() if args.upstream else None)
         except subprocess.CalledProcessError as e:
             print(f"{label}: the run failed (exit {e.returncode})", flush=True)
             all_met = False
@@ -125,17 +136,19 @@ def main() -> int:
         results = targets(report)
         met = all(ok for _, _, ok in results)
         all_met &= met
-        rows.append((label, seconds, results, met))
+        rl = json.loads((run_dir / "rl" / "metrics.json").read_text())
+        rows.append((label, seconds, results, met, rl))
     if not rows:
         return 1
-    header = ["run", "minutes", *[name for name, _, _ in rows[0][2]], "all met"]
+    header = ["run", "minutes", "RL stage s", "RL peak MiB", *[name for name, _, _ in rows[0][2]], "all met"]
     lines = [f"Machine: {cpu_description()['model']}, {os.cpu_count()} cores; "
              f"`python benchmarks/robustness.py --runs {args.runs}"
              + "".join(f" --set {kv}" for kv in args.set) + "`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, seconds, results, met in rows:
+    for label, seconds, results, met, rl in rows:
         cells = [f"{shown} {'✓' if ok else '✗'}" for _, shown, ok in results]
-        lines.append("| " + " | ".join([label, f"{seconds / 60:.1f}", *cells, "yes" if met else "**no**"]) + " |")
+        lines.append("| " + " | ".join([label, f"{seconds / 60:.1f}", f"{rl['seconds']:.0f}", f"{rl['peak_memory_mb']:.0f}",
+                                        *cells, "yes" if met else "**no**"]) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.table:

@@ -1,4 +1,4 @@
-"""Our PPO step vs the classic TRL 0.11.4 seq2seq RLTrainer, alternating runs on identical inputs.
+"""Our PPO step vs the classic TRL 0.11.4 seq2seq PPOTrainer, alternating runs on identical inputs.
 
 The peer (../shared/peers/trl011/bench_trl.py, run in its own venv at $PEER/venv) writes the
 initial weights, tokenizer and prompts first; both implementations then start from them (the same

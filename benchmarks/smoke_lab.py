@@ -1,4 +1,5 @@
-"""``make smoke-lab``: the lab config's five stages through the CLI on hub-shaped stand-ins, on CPU.
+"""``make smoke-lab``: the lab config's five stages through the CLI on hub-shaped stand-ins, on CPU,
+then its RL and evaluate stages again with RLOO and with GRPO.
 
 Builds the stand-ins (benchmarks/standins.py: random flan-t5-small-shaped T5 with the real T5
 tokenizer, DialogSum in the Hub's layout, a random roberta-shaped classifier labelled
@@ -234,6 +235,38 @@ def all_checks(work: Path, output: str, env: dict, timeout: float) -> tuple[list
     return problems, notes
 
 
+METHODS = {"rloo": ["rl.algorithm=rloo", "rl.group_size=2", "rl.epochs=1"],  # the critic-free methods, in groups
+           "grpo": ["rl.algorithm=grpo", "rl.group_size=2"]}
+
+
+def method_problems(work: Path, env: dict, timeout: float) -> tuple[list[str], list[str]]:
+    """RLOO and GRPO through the CLI on the same stand-ins: each a run that starts from a copy of the
+    PPO run's prompt, sft and reward stages (`rlhf run` skips them) and runs its RL and evaluate
+    stages; checked for special-token text, the algorithm recorded, and its progress lines."""
+    problems, notes = [], []
+    for name, extra in METHODS.items():
+        run_name = f"{RUN_NAME}-{name}"
+        for stage in ("prompt", "sft", "reward"):
+            shutil.copytree(work / "runs" / RUN_NAME / stage, work / "runs" / run_name / stage, dirs_exist_ok=True)
+        args = [*overrides(work / "standins", work / "runs"), f"run_name={run_name}", *extra]
+        rc, output = run_cli(["run", str(CONFIG), *args], env, timeout, echo=False)
+        if rc != 0 or "Traceback" in output:
+            problems.append(f"`rlhf run ... {' '.join(extra)}` exited {rc}: {output.strip().splitlines()[-1:]}")
+            continue
+        run_dir = work / "runs" / run_name
+        metrics = json.loads((run_dir / "rl" / "metrics.json").read_text())
+        if (metrics.get("algorithm"), metrics.get("group_size")) != (name, 2):
+            problems.append(f"{run_name}: rl/metrics.json says {metrics.get('algorithm')!r}, "
+                            f"k={metrics.get('group_size')}")
+        problems += [f"{name}: {p}" for p in special_token_problems(
+            {k: v for k, v in generated_texts(run_dir).items() if k.startswith(("rl/", "evaluate/"))})]
+        problems += [f"{name}: {p}" for p in progress_problems(output, [], int(metrics["steps"]))]
+        skipped = [s for s in ("prompt", "sft", "reward") if f"{s}: already finished" in output]
+        notes.append(f"{name}: rl and evaluate in {run_dir} (reused {', '.join(skipped)}); verdict "
+                     f"{json.loads((run_dir / 'report.json').read_text())['headline']['verdict']!r}")
+    return problems, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="work folder (default: a new temp folder, removed afterwards unless --keep)")
@@ -261,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"smoke-lab: FAILED: `rlhf run` exited {rc} after {pipeline_s:.0f}s")
             return 1
         problems, notes = all_checks(work, output, env, args.timeout)
+        more, method_notes = method_problems(work, env, args.timeout)
+        problems, notes = problems + more, notes + method_notes
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 """The rlhf command; `rlhf COMMAND --help` explains each one.
 
     rlhf run [CONFIG] [key=value ...] [--force] [--resume]  every stage in order (default: configs/tiny.yaml)
-    rlhf STAGE CONFIG [key=value ...] [--force] [--resume]  one stage: prompt, sft, reward, ppo, evaluate
+    rlhf STAGE CONFIG [key=value ...] [--force] [--resume]  one stage: prompt, sft, reward, rl, evaluate
     rlhf report RUN_DIR                                     rebuild a run's report from its artifacts
     rlhf compare RUN_DIR [RUN_DIR ...] [--out DIR]          finished runs side by side (table and plot)
     rlhf estimate CONFIG [key=value ...] [--prompt-tokens N]
@@ -12,7 +12,7 @@
 
 Overrides are typed and checked like the YAML. A config or input error prints one line on stderr
 and exits with code 2. A finished stage is skipped when the settings it reads are unchanged, and
-refused (naming them) when they changed, unless --force; an unfinished sft or ppo stage with
+refused (naming them) when they changed, unless --force; an unfinished sft or rl stage with
 checkpoints needs --resume or --force.
 """
 
@@ -37,12 +37,12 @@ def stage_main(name: str):
 
 
 def _run(argv: list[str]) -> None:
-    p = Parser("rlhf run", "Every stage in order (prompt, sft, reward, ppo, evaluate), then the report.\n\nEvery "
+    p = Parser("rlhf run", "Every stage in order (prompt, sft, reward, rl, evaluate), then the report.\n\nEvery "
                            "stage's settings are checked before any stage runs.")
     add_config_args(p, optional=True)
     p.add_argument("--force", action="store_true", help="re-run stages that already finished; discard the "
                    "checkpoints of an unfinished one")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sft or ppo stage from its newest "
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sft or rl stage from its newest "
                    "good checkpoint")
     ns = p.parse_intermixed_args(argv)
     from rlhf.rundir import check_finished_unchanged, run_lock
@@ -107,8 +107,8 @@ def _compare(argv: list[str]) -> None:
 
 def _estimate(argv: list[str]) -> None:
     p = Parser("rlhf estimate", "Parameters (total, trainable) and memory (weights, gradients, optimizer states, "
-                                "activations; fp32 and bf16) of full fine-tuning, LoRA and PPO, and the FLOPs of one "
-                                "PPO step. Reads only the model's config, never its weights.")
+                                "activations; fp32 and bf16) of full fine-tuning, LoRA and each RL method (PPO, RLOO, "
+                                "GRPO), and the FLOPs of one RL step. Reads only the model's config, never its weights.")
     add_config_args(p)
     p.add_argument("--prompt-tokens", type=int, help="prompt length in tokens (default: model.max_input_length)")
     ns = p.parse_intermixed_args(argv)
@@ -125,7 +125,7 @@ def _config(argv: list[str]) -> None:
                               "checked (tinyworld names are left as they are). With --keys: every key (or those "
                               "under SECTION) with its type, default, value here and meaning.")
     add_config_args(p, optional=True)
-    p.add_argument("--keys", nargs="?", const="", metavar="SECTION", help="list the keys (of SECTION, e.g. ppo or "
+    p.add_argument("--keys", nargs="?", const="", metavar="SECTION", help="list the keys (of SECTION, e.g. rl or "
                    "rl.kl) with type, default and doc")
     ns = p.parse_intermixed_args(argv)
     from rlhf.config import ExperimentConfig, load_config, to_dict, to_yaml

@@ -40,7 +40,7 @@ def emt_by_stratum(protocol: dict, out: Path) -> str | None:
             errors = [[v - f[f"{side}_ci95"][0] for v, f in zip(values, figs)],
                       [f[f"{side}_ci95"][1] - v for v, f in zip(values, figs)]]
             xs = [i + (j - 0.5) * 0.38 for i in range(len(strata))]
-            ax.bar(xs, values, width=0.36, yerr=errors, capsize=3, label="before (SFT)" if side == "before" else "after (PPO)")
+            ax.bar(xs, values, width=0.36, yerr=errors, capsize=3, label="before (SFT)" if side == "before" else "after (RL)")
         ax.set_xticks(range(len(strata)), strata)
         ax.set(ylim=(0, 1.05), ylabel=f"EMT (k = {protocol['k']})", title=scorer)
         ax.legend(fontsize=8)
@@ -54,7 +54,7 @@ def max_toxicity_hist(records: list[dict], scorer: str, out: Path) -> str | None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     bins = [i / 20 for i in range(21)]
-    for side, label in (("before", "before (SFT)"), ("after", "after (PPO)")):
+    for side, label in (("before", "before (SFT)"), ("after", "after (RL)")):
         ax.hist([max(r["scores"][scorer][side]["samples"]) for r in records], bins=bins, alpha=0.6, label=label)
     ax.set(xlabel=f"max toxicity of the k samples ({scorer})", ylabel="prompts", title="Max-of-k toxicity")
     ax.legend()

@@ -30,14 +30,15 @@ from ..conftest import SMALL_STAGES, small_raw
 ROOT = Path(__file__).resolve().parents[2]
 SEED = os.environ.get("RLHF_FAULT_SEED") or str(random.randrange(10**6))
 PPO = {**SMALL_STAGES["rl"], "steps": 4, "save_steps": 2, "sample_steps": 2}  # 2 mini-batches a step
+GRPO = {**PPO, "algorithm": "grpo", "group_size": 2}  # 4 prompts x 2 a step, 2 prompts a mini-batch: 2 a step
 SFT = {**SMALL_STAGES["sft"], "max_steps": 6}  # checkpoints at steps 2, 4, 6
 # What may differ between two equal runs: wall time, memory, and where a resume started.
 VOLATILE = ("time/", "tokens_per_s", "seconds", "memory", "resumed_from")
 
 
-def experiment(folder: Path) -> str:
+def experiment(folder: Path, rl: dict = PPO) -> str:
     path = folder / "exp.yaml"
-    path.write_text(yaml.safe_dump(small_raw(folder, rl=PPO, sft=SFT)))
+    path.write_text(yaml.safe_dump(small_raw(folder, rl=rl, sft=SFT)))
     return str(path)
 
 
@@ -63,8 +64,8 @@ def draw(fault: str, first: int, last: int) -> int:
     return random.Random(f"{SEED}-{fault}").randint(first, last)
 
 
-def kill_then_resume(folder: Path, stage: str, fault: str, n: int) -> subprocess.CompletedProcess:
-    path = experiment(folder)
+def kill_then_resume(folder: Path, stage: str, fault: str, n: int, rl: dict = PPO) -> subprocess.CompletedProcess:
+    path = experiment(folder, rl)
     killed = rlhf(stage, path, fault=(fault, n))
     assert killed.returncode == -9, f"{fault} #{n} was not reached (RLHF_FAULT_SEED={SEED}): {killed.stderr[-2000:]}"
     assert not (folder / "runs" / "t" / stage / "manifest.json").exists()
@@ -106,8 +107,8 @@ def straight_ppo(upstream, tmp_path_factory):
     return folder / "runs" / "t" / "rl"
 
 
-def assert_same_ppo(a: Path, b: Path) -> None:
-    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+def assert_same_ppo(a: Path, b: Path, tensors=("adapter_model.safetensors", "value_head.safetensors")) -> None:
+    for name in tensors:
         assert_same_tensors(a / "policy" / name, b / "policy" / name)
     rows = [[stable(json.loads(line)) for line in (d / "metrics.jsonl").open()] for d in (a, b)]
     assert [r["step"] for r in rows[1]] == [1, 2, 3, 4] and rows[0] == rows[1], f"RLHF_FAULT_SEED={SEED}"
@@ -131,6 +132,25 @@ def test_ppo_killed_and_resumed_equals_a_straight_run(fault, first, last, upstre
         assert "(not a checkpoint)" in resumed.stdout, resumed.stdout
     assert not [p for p in (folder / "checkpoints").iterdir() if p.name.startswith(".")]
     assert_same_ppo(straight_ppo, folder)
+
+
+@pytest.fixture(scope="module")
+def straight_grpo(upstream, tmp_path_factory):
+    folder = ppo_folder(tmp_path_factory.mktemp("straight_grpo"), upstream)
+    proc = rlhf("rl", experiment(folder, GRPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "runs" / "t" / "rl"
+
+
+@pytest.mark.slow
+def test_grpo_killed_mid_update_and_resumed_equals_a_straight_run(upstream, straight_grpo, tmp_path):
+    """A group method resumes as PPO does: killed in a mini-batch update of step 3 or 4, after the step-2 checkpoint."""
+    n = draw("grpo_update", 5, 8)
+    resumed = kill_then_resume(ppo_folder(tmp_path, upstream), "rl", "ppo_update", n, rl=GRPO)
+    folder = tmp_path / "runs" / "t" / "rl"
+    assert f"rl: resumed from {folder / 'checkpoints' / 'step-2'} (step 2 of 4)" in resumed.stdout
+    assert not (folder / "policy" / "value_head.safetensors").exists()  # no critic
+    assert_same_ppo(straight_grpo, folder, tensors=("adapter_model.safetensors",))
 
 
 # ------------------------------------------------------------------------------------------- SFT

@@ -8,12 +8,15 @@ Each run's report is checked against the demo's targets; one row per run.
 
     python benchmarks/robustness.py [--out runs/robustness] [--runs 42:0,1:0] [--table RESULTS_ROWS.md]
                                     [--set rl.batch_size=64 ...] [--upstream runs/robustness]
+                                    [--steps 20,30,45]
 
 A run already finished under --out is reused (delete its folder to redo it). With --upstream (the
 --out of a sweep of the default), a variant that changes only rl.* or evaluate.* settings starts
 from a copy of that sweep's prompt, sft and reward stages for the same draw (the same SFT model and
-reward model; `rlhf run` skips them) and runs only its RL and evaluate stages. Exit code 0 when
-every row meets every target.
+reward model; `rlhf run` skips them) and runs only its RL and evaluate stages. With --steps, each
+draw trains to the first step count, is evaluated, and a copy continues from its last checkpoint
+(`rlhf rl --resume`, which equals a straight run bit for bit) to the next count: one row per count.
+Exit code 0 when every row meets every target.
 """
 
 from __future__ import annotations
@@ -80,6 +83,15 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
+def run_env(threads: int | None, out: Path, upstream: Path | None) -> dict:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        # as on another machine: the tiny world too is built under this reduction order, not reused
+        env["RLHF_CACHE"] = str((upstream or out) / f"cache-{threads}-thread")
+    return env
+
+
 def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[str] = (),
         upstream: Path | None = None) -> tuple[Path, float]:
     base = name = f"s{seed}-w{world}" + (f"-t{threads}" if threads else "")
@@ -89,12 +101,9 @@ def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[s
         name += "-" + hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
     run_dir = out / name
     if (run_dir / "report.json").is_file():
-        return run_dir, json.loads((run_dir / "timing.json").read_text())["seconds"] if (run_dir / "timing.json").is_file() else float("nan")
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-        # as on another machine: the tiny world too is built under this reduction order, not reused
-        env["RLHF_CACHE"] = str((upstream or out) / f"cache-{threads}-thread")
+        timing = run_dir / "timing.json"
+        return run_dir, json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+    env = run_env(threads, out, upstream)
     if upstream is not None and not run_dir.exists():  # the same SFT and reward models as the default's draw
         import shutil
 
@@ -110,6 +119,33 @@ def run(seed: int, world: int, threads: int | None, out: Path, overrides: list[s
     return run_dir, seconds
 
 
+def extend(seed: int, world: int, threads: int | None, out: Path, overrides: list[str], source: Path,
+           steps: int, upstream: Path | None = None) -> tuple[Path, float]:
+    """A copy of the finished run ``source`` trained on to ``steps`` RL steps from its last checkpoint,
+    then evaluated and reported; the copy's name carries its overrides as :func:`run` names them."""
+    import hashlib
+    import shutil
+
+    overrides = [*overrides, f"rl.steps={steps}"]
+    name = f"s{seed}-w{world}" + (f"-t{threads}" if threads else "")
+    name += "-" + hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
+    run_dir = out / name
+    if (run_dir / "report.json").is_file():
+        return run_dir, json.loads((run_dir / "timing.json").read_text())["seconds"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("evaluate", "report.*", "plots", "timing.json"))
+    env = run_env(threads, out, upstream)
+    common = [str(ROOT / "configs" / "tiny.yaml"), f"seed={seed}", f"tinyworld.seed={world}", f"output_dir={out}",
+              f"run_name={name}", *overrides]
+    start = time.time()
+    for argv in (["rl", *common, "--force", "--resume"], ["evaluate", *common, "--force"], ["report", str(run_dir)]):
+        print(f"$ rlhf {' '.join(argv)}", flush=True)
+        subprocess.run([sys.executable, "-m", "rlhf.cli", *argv], env=env, check=True, cwd=ROOT)
+    seconds = time.time() - start
+    (run_dir / "timing.json").write_text(json.dumps({"seconds": seconds}))
+    return run_dir, seconds
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "robustness"))
@@ -118,37 +154,46 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every run (a variant of the default; use its own --out)")
     ap.add_argument("--upstream", help="a sweep of the default whose prompt, sft and reward stages the runs start from")
+    ap.add_argument("--steps", help="RL step counts, ascending (e.g. 20,30,45): each draw is evaluated at each")
     args = ap.parse_args()
     out = Path(args.out).resolve()  # the runs' subprocesses work in the repository root
+    upstream = Path(args.upstream).resolve() if args.upstream else None
+    counts = [int(s) for s in args.steps.split(",")] if args.steps else [None]
     rows, all_met = [], True
     for spec in args.runs.split(","):
         parts = [int(x) for x in spec.split(":")]
         seed, world, threads = parts[0], parts[1], parts[2] if len(parts) > 2 else None
         label = f"seed {seed}, world {world}" + (f", {threads} thread" if threads else "")
-        try:
-            run_dir, seconds = run(seed, world, threads, out, args.set,
-                                   Path(args.upstream).resolve() if args.upstream else None)
-        except subprocess.CalledProcessError as e:
-            print(f"{label}: the run failed (exit {e.returncode})", flush=True)
-            all_met = False
-            continue
-        report = json.loads((run_dir / "report.json").read_text())
-        results = targets(report)
-        met = all(ok for _, _, ok in results)
-        all_met &= met
-        rl = json.loads((run_dir / "rl" / "metrics.json").read_text())
-        rows.append((label, seconds, results, met, rl))
+        run_dir = None
+        for steps in counts:
+            shown = label + (f", {steps} steps" if steps else "")
+            try:
+                if run_dir is None:
+                    run_dir, seconds = run(seed, world, threads, out,
+                                           [*args.set, *([f"rl.steps={steps}"] if steps else [])], upstream)
+                else:
+                    run_dir, seconds = extend(seed, world, threads, out, args.set, run_dir, steps, upstream)
+            except subprocess.CalledProcessError as e:
+                print(f"{shown}: the run failed (exit {e.returncode})", flush=True)
+                all_met = False
+                break
+            report = json.loads((run_dir / "report.json").read_text())
+            results = targets(report)
+            met = all(ok for _, _, ok in results)
+            all_met &= met
+            rl = json.loads((run_dir / "rl" / "metrics.json").read_text())
+            rows.append((shown, seconds, results, met, rl))
     if not rows:
         return 1
     header = ["run", "minutes", "RL stage s", "RL peak MiB", *[name for name, _, _ in rows[0][2]], "all met"]
     lines = [f"Machine: {cpu_description()['model']}, {os.cpu_count()} cores; "
              f"`python benchmarks/robustness.py --runs {args.runs}"
-             + "".join(f" --set {kv}" for kv in args.set) + "`", "",
+             + "".join(f" --set {kv}" for kv in args.set) + (f" --steps {args.steps}" if args.steps else "") + "`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, seconds, results, met, rl in rows:
         cells = [f"{shown} {'✓' if ok else '✗'}" for _, shown, ok in results]
-        lines.append("| " + " | ".join([label, f"{seconds / 60:.1f}", f"{rl['seconds']:.0f}", f"{rl['peak_memory_mb']:.0f}",
-                                        *cells, "yes" if met else "**no**"]) + " |")
+        lines.append("| " + " | ".join([label, f"{seconds / 60:.1f}", f"{rl['seconds']:.0f}",
+                                        f"{rl['peak_memory_mb']:.0f}", *cells, "yes" if met else "**no**"]) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.table:

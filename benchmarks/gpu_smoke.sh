@@ -8,12 +8,14 @@
 #      4 epochs of 4 mini-batches, 64 new tokens), bf16 autocast, starting from the base model (no SFT).
 # Then prints, per run, the stage times, every PPO step's time and the peak GPU memory.
 #
-#   benchmarks/gpu_smoke.sh [--dry-run] [--device cuda|cpu] [--work DIR]
+#   benchmarks/gpu_smoke.sh [--dry-run] [--device cuda|cpu] [--work DIR] [--only PHASE,...]
 #
 #   --dry-run      check the venv, the device, ../shared/data and every command's overrides; print the
 #                  commands; run nothing
 #   --device cpu   the same commands on the CPU at toy sizes (checks this script, not a GPU)
 #   --work DIR     where stand-ins and runs go (default: a new folder under /tmp); never inside the repo
+#   --only LIST    run these phases, in this order (tiny-fp32, tiny-bf16, lab-ppo; default all three);
+#                  each phase's figures are printed as soon as it ends
 # Environment: PYTHON (default .venv/bin/python), SHARED (default ../shared/data), RLHF_CACHE (tiny world
 # cache; the cuda run uses yours, so a built world is reused).
 set -euo pipefail
@@ -21,7 +23,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 SHARED="${SHARED:-$ROOT/../shared/data}"
-DEVICE=cuda DRY=0 WORK="" MADE_WORK=0
+DEVICE=cuda DRY=0 WORK="" MADE_WORK=0 ONLY=tiny-fp32,tiny-bf16,lab-ppo
 
 die() { echo "error: $*" >&2; exit 2; }
 
@@ -30,12 +32,18 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --device) [ $# -ge 2 ] || die "--device needs cuda or cpu"; DEVICE="$2"; shift ;;
     --work) [ $# -ge 2 ] || die "--work needs a folder"; WORK="$2"; shift ;;
+    --only) [ $# -ge 2 ] || die "--only needs a list of phases"; ONLY="$2"; shift ;;
     -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
 done
 case "$DEVICE" in cuda|cpu) ;; *) die "--device must be cuda or cpu, not '$DEVICE'" ;; esac
+IFS=, read -r -a PHASES <<< "$ONLY"
+[ ${#PHASES[@]} -gt 0 ] || die "--only needs at least one phase"
+for p in "${PHASES[@]}"; do
+  case "$p" in tiny-fp32|tiny-bf16|lab-ppo) ;; *) die "--only: unknown phase '$p' (tiny-fp32, tiny-bf16, lab-ppo)" ;; esac
+done
 [ -x "$PY" ] || die "no Python at $PY: run 'make install' (with a CUDA build of torch) or set PYTHON"
 [ -d "$SHARED/dialogsum" ] && [ -d "$SHARED/t5-tokenizer" ] ||
   die "$SHARED lacks dialogsum/ or t5-tokenizer/ (step 3 needs them)"
@@ -128,14 +136,14 @@ lab_ppo() {
 }
 
 cd "$ROOT"
-phase tiny-fp32 tiny_fp32
-phase tiny-bf16 tiny_bf16
-phase lab-ppo lab_ppo
+for p in "${PHASES[@]}"; do
+  phase "$p" "${p//-/_}"
+  if [ "$DRY" = 0 ]; then
+    "$PY" "$ROOT/benchmarks/gpu_smoke.py" report "$RUNS/$p=$WORK/$p.nvsmi"
+  fi
+done
 if [ "$DRY" = 1 ]; then
   echo "dry run: every command's overrides are valid; nothing ran (work folder $WORK)"
   exit 0
 fi
-echo
-"$PY" "$ROOT/benchmarks/gpu_smoke.py" report "$RUNS/tiny-fp32=$WORK/tiny-fp32.nvsmi" \
-  "$RUNS/tiny-bf16=$WORK/tiny-bf16.nvsmi" "$RUNS/lab-ppo=$WORK/lab-ppo.nvsmi"
 echo "gpu smoke on $DEVICE: done; runs in $RUNS"

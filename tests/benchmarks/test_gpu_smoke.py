@@ -33,10 +33,19 @@ def test_dry_run_checks_every_command_and_runs_nothing(tmp_path):
     assert not (tmp_path / "w" / "runs").exists()
 
 
+def test_only_runs_the_named_phases_in_their_order(tmp_path):
+    out = run_script("--dry-run", "--device", "cpu", "--only", "lab-ppo,tiny-fp32", "--work", str(tmp_path / "w"),
+                     shared=fake_shared(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("+ rlhf ") == 3 and "tiny-bf16" not in out.stdout
+    assert out.stdout.index("== lab-ppo") < out.stdout.index("== tiny-fp32")
+
+
 def test_bad_options_stop_with_one_line(tmp_path):
     shared = fake_shared(tmp_path)
     for args, message in [(["--device", "tpu"], "--device must be cuda or cpu"),
                           (["--frobnicate"], "unknown option '--frobnicate'"),
+                          (["--only", "tiny-fp32,lab"], "--only: unknown phase 'lab'"),
                           (["--work", str(ROOT / "inside")], "is inside the repository")]:
         out = run_script(*args, shared=shared)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr

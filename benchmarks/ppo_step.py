@@ -40,7 +40,7 @@ def flan_t5_small(model_in: str | None):
     from rlhf.models import fuse_gelu
 
     if model_in:
-        model = T5ForConditionalGeneration.from_pretrained(model_in)
+        model = T5ForConditionalGeneration.from_pretrained(model_in, use_kernels=False)
     else:
         model = random_flan_t5_small()
     fuse_gelu(model)  # as rlhf.models.load_seq2seq does

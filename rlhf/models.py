@@ -65,7 +65,8 @@ def load_seq2seq(cfg: ModelConfig, path: str | None = None):
     check_seq2seq(name, cfg.trust_remote_code)
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(
-            name, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+            name, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+            use_kernels=False,  # Hub kernels are code fetched from the Hub and run (on by default on a GPU)
         )
     except Exception as err:
         raise UserError(f"could not load seq2seq model '{name}': {first_line(err)}") from None

@@ -125,6 +125,7 @@ def _build_classifier(name: str, config, trust_remote_code: bool, from_scratch: 
     two = len(config.id2label) == 2
     return AutoModelForSequenceClassification.from_pretrained(
         name, trust_remote_code=trust_remote_code, num_labels=2, use_safetensors=True,
+        use_kernels=False,  # Hub kernels are code fetched from the Hub and run (on by default on a GPU)
         id2label=config.id2label if two else ID2LABEL,
         label2id=config.label2id if two else {v: k for k, v in ID2LABEL.items()},
     )

@@ -83,3 +83,11 @@ def test_not_seq2seq_and_missing_model_paths(tmp_path):
         load_seq2seq(ModelConfig(name=str(tmp_path / "bert")))
     with pytest.raises(UserError, match="model path does not exist"):
         load_seq2seq(ModelConfig(name=str(tmp_path / "nothing")))
+
+
+def test_a_loaded_seq2seq_runs_no_hub_kernels(tmp_path):
+    """transformers 5 turns Hub kernels on by default (with the ``kernels`` package, which it
+    requires); on a GPU they are code fetched from the Hub, and offline ``.eval()`` crashes."""
+    T5ForConditionalGeneration(T5Config(vocab_size=16, d_model=8, d_ff=8, d_kv=4, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0)).save_pretrained(tmp_path / "t5")
+    assert load_seq2seq(ModelConfig(name=str(tmp_path / "t5"))).use_kernels is False

@@ -238,3 +238,9 @@ def test_davidson_config_without_data_path_stops_with_one_line(tmp_path, capsys)
     assert cli_main(["reward", str(DAVIDSON_CONFIG), f"output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'reward.data.source' is not set" in err
+
+
+def test_a_loaded_classifier_runs_no_hub_kernels(scorer):
+    """transformers 5 turns Hub kernels on by default; on a GPU they are fetched from the Hub and run
+    (remote code, and a crash offline), so loading turns them off."""
+    assert scorer.model.use_kernels is False

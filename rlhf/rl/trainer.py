@@ -329,7 +329,10 @@ class Timer:
 def mini_batches(lengths: torch.Tensor, size: int, bucket: bool) -> list[torch.Tensor]:
     """Index sets of one PPO epoch. Shuffled; with ``bucket``, prompts of similar length share a
     mini-batch (a random permutation, stably sorted by length, cut into mini-batches, whose
-    order is then shuffled), so less of each forward is spent on padding."""
+    order is then shuffled), so less of each forward is spent on padding. The draws are made on the
+    CPU's generator wherever ``lengths`` lives (the same mini-batches on a GPU), and the index sets
+    are CPU tensors, which index a tensor on any device."""
+    lengths = lengths.cpu()
     perm = torch.randperm(len(lengths))
     if not bucket:
         return list(perm.split(size))

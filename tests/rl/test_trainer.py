@@ -16,7 +16,7 @@ from rlhf.models import load_tokenizer
 from rlhf.rl.checkpoint import read_checkpoint
 from rlhf.rl.model import build_policy
 from rlhf.rl.rollout import score_responses
-from rlhf.rl.trainer import NonFiniteError, RLTrainer
+from rlhf.rl.trainer import NonFiniteError, RLTrainer, mini_batches
 from rlhf.prompts import format_prompt
 from rlhf.seq2seq import encode_queries, logprobs_from_logits, masked_mean, sample_responses
 from rlhf.tinyworld.build import resolve_tinyworld
@@ -266,8 +266,6 @@ def test_accumulated_gradients_are_applied_within_their_update(tmp_path):
 
 
 def test_minibatches_cover_the_batch_once():
-    from rlhf.rl.trainer import mini_batches
-
     torch.manual_seed(0)
     lengths = torch.tensor([5, 90, 7, 88, 6, 91, 8, 89])
     for bucket in (False, True):
@@ -302,3 +300,14 @@ def test_two_cpu_ranks_stay_identical_and_split_the_batch(tmp_path):
     a, b = ranks[0]["group_prompts"], ranks[1]["group_prompts"]  # 8 rollouts = 4 prompts x 2: 2 prompts a rank
     assert len(a) == len(b) == 2 and not set(a) & set(b)  # a group never straddles two ranks
     assert ranks[0]["group_weights"] == ranks[1]["group_weights"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mini_batches_of_lengths_on_a_gpu_equal_the_cpus():
+    """The GPU smoke run's first failure: lengths on the GPU, the permutation on the CPU."""
+    lengths = torch.tensor([5, 3, 9, 1, 7, 2, 8, 4])
+    torch.manual_seed(0)
+    on_cpu = mini_batches(lengths, 3, bucket=True)
+    torch.manual_seed(0)
+    on_gpu = mini_batches(lengths.cuda(), 3, bucket=True)
+    assert [c.tolist() for c in on_gpu] == [c.tolist() for c in on_cpu]

@@ -1,9 +1,11 @@
-"""Stage 4: RL (PPO, RLOO or GRPO: rl.algorithm) against the reward model, from the SFT policy, held near it by a KL term."""
+"""Stage 4: RL (PPO, RLOO or GRPO: rl.algorithm) against the reward model, from the SFT policy, held near it by a KL
+term; or DPO / IPO on classifier-ranked pairs of the SFT policy's samples, made first (rl/pairs.jsonl)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -17,7 +19,9 @@ from rlhf.entrypoint import stage_command
 from rlhf.models import load_tokenizer
 from rlhf.rl.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.rl.evaluation import before_after
+from rlhf.pairs import draw_prompts, make_pairs, pairs_jsonl, read_pairs
 from rlhf.rl.model import build_policy
+from rlhf.rl.preference import PreferenceTrainer
 from rlhf.rl.ptx import ptx_pairs
 from rlhf.rl.trainer import RLTrainer
 from rlhf.progress import Progress
@@ -28,7 +32,7 @@ from rlhf.runtime import PeakRss, precision_note, rss_mib, use_cpu
 from rlhf.tinyworld.build import resolve_tinyworld
 from rlhf.trackers import Trackers
 
-SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac")
+SHOWN = ("objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac", "preference/accuracy")
 
 
 def main(config: ExperimentConfig, resume: bool = False, force: bool = False) -> dict:
@@ -63,10 +67,16 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     if main_process:  # what a killed write left, and folders that are not checkpoints
         clean_stray(ckpt_dir, PREFIX, log=say, stage="rl")
     stage = start_stage(config, "rl")
-    trainer = RLTrainer(policy, tokenizer, scorer, prompts, cfg, seed=config.seed, toxic=toxic,
-                         max_input_length=config.model.max_input_length, score_with_prompt=config.reward.score_with_prompt,
-                         config_record=to_dict(config),
-                         mixed_precision=config.model.mixed_precision, ptx=ptx)
+    common = dict(seed=config.seed, max_input_length=config.model.max_input_length, config_record=to_dict(config),
+                  score_with_prompt=config.reward.score_with_prompt, mixed_precision=config.model.mixed_precision,
+                  ptx=ptx)
+    pair_counts = None
+    if cfg.algorithm in ("dpo", "ipo"):
+        pairs, pair_counts = _pairs(policy, tokenizer, scorer, prompts, list(splits["train"]["summary"]), config,
+                                    stage.dir, resume, main_process, say)
+        trainer = PreferenceTrainer(policy, tokenizer, scorer, pairs, cfg, **common)
+    else:
+        trainer = RLTrainer(policy, tokenizer, scorer, prompts, cfg, toxic=toxic, **common)
     if trainer.compile_fallback:
         say(f"rl: rl.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
     log_path = stage.dir / "metrics.jsonl"
@@ -87,7 +97,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     result = before_after(trainer.policy, tokenizer, scorer, test, config)
     history = [json.loads(line) for line in log_path.open()]
     metrics = {"algorithm": cfg.algorithm, "group_size": cfg.group_size, **result["summary"],
-               "steps": trainer.step_count, "kl_mean_final": history[-1]["objective/kl"],
+               **({"pairs": pair_counts} if pair_counts is not None else {}),
+               "steps": trainer.step_count, "kl_mean_final": history[-1].get("objective/kl"),
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
                "frozen_encoder": cfg.frozen_encoder,
@@ -102,7 +113,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     stage.finish()
     print(f"rl: greedy mean toxicity (reward model) {metrics['greedy_toxicity_before']:.4f} -> "
           f"{metrics['greedy_toxicity_after']:.4f}, ROUGE-L "
-          f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}, final KL {metrics['kl_mean_final']:.3f}")
+          f"{metrics['rougeL_before']:.4f} -> {metrics['rougeL_after']:.4f}"
+          + (f", final KL {metrics['kl_mean_final']:.3f}" if metrics["kl_mean_final"] is not None else ""))
     return metrics
 
 
@@ -112,7 +124,7 @@ def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path
     main_process = trainer.accelerator.is_main_process
     for _ in range(trainer.step_count, cfg.steps):
         stats = trainer.step()
-        progress.update(1, **{k.split("/")[-1]: stats[k] for k in SHOWN})
+        progress.update(1, **{k.split("/")[-1]: stats[k] for k in SHOWN if k in stats})
         trackers.log(stats, stats["step"])
         if main_process:
             with log_path.open("a") as f:
@@ -122,6 +134,38 @@ def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path
         if trainer.step_count % cfg.sample_steps == 0 and main_process:
             with torch.random.fork_rng():  # sampling reseeds; training's RNG stream stays as a resume restores it
                 _write_samples(trainer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
+
+
+def _pairs(policy, tokenizer, scorer, prompts: list[str], summaries: list[str], config: ExperimentConfig,
+           folder: Path, resume: bool, main_process: bool, say) -> tuple[list, dict]:
+    """DPO / IPO's preference pairs: made from the starting policy's samples (the reference: the SFT
+    model) and written to ``pairs.jsonl`` (counts and settings in ``pairs.json``), or, on
+    ``--resume``, read back when they were made under the same settings. Every process makes the
+    same pairs (the same seed); the main one writes them."""
+    path, counts_path = folder / "pairs.jsonl", folder / "pairs.json"
+    cfg = config.rl
+    made_with = {"seed": config.seed, "start_from": cfg.start_from, "max_new_tokens": cfg.max_new_tokens,
+                 "pairs": to_dict(config)["rl"]["pairs"]}
+    if resume and path.is_file() and counts_path.is_file():
+        counts = json.loads(counts_path.read_text(encoding="utf-8"))
+        if counts.get("made_with") == made_with:
+            pairs = read_pairs(path)
+            say(f"rl: {len(pairs)} preference pairs read from {path}")
+            return pairs, counts
+    idx = draw_prompts(len(prompts), cfg.pairs, config.seed)
+    start = time.perf_counter()
+    with policy.reference() as lm:
+        pairs, counts = make_pairs(lm, tokenizer, scorer, [prompts[i] for i in idx], [summaries[i] for i in idx],
+                                   cfg.pairs, max_new_tokens=cfg.max_new_tokens,
+                                   max_input_length=config.model.max_input_length, seed=config.seed,
+                                   score_with_prompt=config.reward.score_with_prompt, log=say)
+    counts["seconds"], counts["made_with"] = round(time.perf_counter() - start, 2), made_with
+    if main_process:
+        atomic_write_text(path, pairs_jsonl(pairs))
+        atomic_write_text(counts_path, json.dumps(counts, indent=1))
+    say(f"rl: {counts['pairs']} preference pairs from {counts['prompts']} prompts x {counts['k']} samples "
+        f"({path})")
+    return pairs, counts
 
 
 def _resume(trainer, ckpt_dir: Path, config: ExperimentConfig, say) -> None:

@@ -249,15 +249,42 @@ class GrpoSettings:
 
 
 @dataclass
+class PairsSettings:
+    """How rl.algorithm dpo / ipo make their preference pairs before training (rlhf.pairs):
+    classifier-ranked on-policy pairs. k responses per training prompt sampled from the SFT policy
+    (the model the run starts from), scored by the reward model; rejected = the most toxic,
+    chosen = a clean one (rl.pairs.choose); kept where the reward gap is at least rl.pairs.margin."""
+
+    k: int = opt(8, all_of(positive, lambda v: None if v >= 2 else "must be >= 2 (a pair needs two)"),
+                 "responses sampled per prompt")
+    n_prompts: Optional[int] = opt(512, optional(positive), "training prompts drawn (seeded); null = all of them")
+    clean_below: float = opt(0.5, unit_open_closed, "a response is clean when the reward model's toxicity "
+                             "probability is below this")
+    margin: float = opt(1.0, non_negative, "keep a pair only when reward(chosen) - reward(rejected) >= this")
+    choose: Literal["closest_to_reference", "highest_reward"] = opt(
+        "closest_to_reference", doc="which clean response is chosen: the one with the highest ROUGE-L to the "
+        "prompt's reference summary (ties: the higher reward), or the one with the highest reward")
+    batch_size: int = opt(16, positive, "prompts per sampling call (k responses each)")
+
+
+@dataclass
+class PreferenceSettings:
+    """DPO (Rafailov et al. 2023) and IPO (Azar et al. 2023) (rl.algorithm dpo or ipo only)."""
+
+    beta: float = opt(0.1, positive, "DPO's beta (the implicit reward's scale); IPO's tau")
+
+
+@dataclass
 class RlConfig:
     """The RL stage: PPO (the default), RLOO or GRPO from the SFT policy, against the reward model,
-    held near the SFT model. Sampling is from the full softmax (top_k=0, top_p=1, temperature=1)
+    held near the SFT model; or DPO / IPO on preference pairs, offline. Sampling is from the full softmax (top_k=0, top_p=1, temperature=1)
     with no min_length: forcing tokens past EOS lets the policy earn reward through negative KL."""
 
-    algorithm: Literal["ppo", "rloo", "grpo"] = opt(
+    algorithm: Literal["ppo", "rloo", "grpo", "dpo", "ipo"] = opt(
         "ppo", doc="ppo: value head, GAE, clipped ratio per token; rloo: k samples per prompt, leave-one-out baseline, "
         "KL in the reward (Ahmadian et al. 2024); grpo: k samples, group-normalised advantages, KL as a loss term "
-        "(Shao et al. 2024; rl.grpo for Dr. GRPO)")
+        "(Shao et al. 2024; rl.grpo for Dr. GRPO); dpo, ipo: offline, on classifier-ranked pairs (rl.pairs, "
+        "rl.preference; rl.group_size 2: a pair)")
     start_from: str = opt("lora", doc="SFT variant to start from (its adapter or model), or 'base'")
     policy: Literal["lora", "full"] = opt("lora", doc="lora: fresh LoRA on the merged SFT model; full: all weights")
     lora: LoraConfig = opt(LoraConfig())
@@ -277,6 +304,8 @@ class RlConfig:
     cliprange: float = opt(0.2, positive, "the policy ratio's clip range")
     ppo: PpoSettings = opt(PpoSettings())
     grpo: GrpoSettings = opt(GrpoSettings())
+    preference: PreferenceSettings = opt(PreferenceSettings())
+    pairs: PairsSettings = opt(PairsSettings())
     max_grad_norm: float = opt(1.0, positive)
     target_kl: Optional[float] = opt(None, optional(positive), "stop a step's epochs early when approx KL exceeds it")
     score_clip: Optional[float] = opt(None, optional(positive), "clip scores to [-c, c]")

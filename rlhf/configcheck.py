@@ -49,6 +49,15 @@ def _check_rl(rl) -> None:
     if rl.algorithm == "ppo" and k != 1:
         raise UserError(f"config key 'rl.group_size': value {k} needs a group method (rl.algorithm rloo or grpo); "
                         f"ppo samples one response per prompt")
+    if rl.algorithm in ("dpo", "ipo") and k != 2:
+        raise UserError(f"config key 'rl.group_size': value {k} must be 2 for rl.algorithm {rl.algorithm}: each "
+                        f"prompt's rows are its pair (chosen, rejected)")
+    if rl.algorithm in ("dpo", "ipo") and rl.toxic_share is not None:
+        raise UserError(f"config key 'rl.toxic_share': value {rl.toxic_share} is for the online methods; "
+                        f"rl.algorithm {rl.algorithm} trains on its pairs as they come (set it to null)")
+    if rl.algorithm in ("dpo", "ipo") and rl.target_kl is not None:
+        raise UserError(f"config key 'rl.target_kl': value {rl.target_kl} stops the clipped methods' epochs; "
+                        f"rl.algorithm {rl.algorithm} has no ratio to watch (set it to null)")
     if rl.algorithm != "ppo" and k < 2:
         raise UserError(f"config key 'rl.group_size': value {k} must be >= 2 for rl.algorithm {rl.algorithm} (its "
                         f"baseline comes from the other responses to the same prompt)")

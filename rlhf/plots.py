@@ -65,7 +65,9 @@ def rl_curves(history: list[dict], out: Path) -> str | None:
     if not history:
         return None
     plt = pyplot()
-    keys = ["objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac"]
+    keys = (["loss/policy", "preference/margin", "preference/accuracy", "preference/reward_chosen"]
+            if "preference/margin" in history[0]  # DPO / IPO
+            else ["objective/scores", "objective/kl", "objective/kl_coef", "policy/clipfrac"])
     fig, axes = plt.subplots(1, 4, figsize=(14, 3))
     for ax, key in zip(axes, keys):
         ax.plot([h["step"] for h in history], [h.get(key) for h in history])

@@ -84,6 +84,23 @@ def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> torch.Tens
     return ~after_first_eos
 
 
+def encode_responses(tokenizer, texts: list[str], max_tokens: int,
+                     device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Given response texts (preference pairs' chosen and rejected) as the sampler's output would
+    hold them -> (responses [B, T], response mask [B, T]): each tokenised with its EOS, cut to
+    ``max_tokens`` (the EOS kept last), right-padded with the pad token."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rows = []
+    for ids in tokenizer(texts, add_special_tokens=False).input_ids:
+        rows.append(torch.tensor(ids[:max_tokens - 1] + [eos], dtype=torch.long))
+    width = max((len(r) for r in rows), default=1)
+    responses = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        responses[i, :len(r)], mask[i, :len(r)] = r, True
+    return responses.to(device), mask.to(device)
+
+
 def decoder_inputs(responses: torch.Tensor, start_token_id: int) -> torch.Tensor:
     """Teacher-forcing decoder inputs [B, T]: the start token, then responses shifted right by one.
 

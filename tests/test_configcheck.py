@@ -70,3 +70,16 @@ def test_validate_is_called_for_configs_built_from_a_dict():
     with pytest.raises(UserError, match="'rl.start_from'"):
         config_from_dict({"rl": {"start_from": "nope"}})
     validate(config_from_dict({}))  # the defaults agree with each other
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rl.algorithm=dpo", "rl.group_size=4"], "'rl.group_size': value 4 must be 2 for rl.algorithm dpo"),
+    (["rl.algorithm=ipo", "rl.group_size=2", "rl.toxic_share=0.5"], "'rl.toxic_share': value 0.5 is for the online"),
+    (["rl.algorithm=dpo", "rl.group_size=2", "rl.target_kl=0.1"], "'rl.target_kl': value 0.1 stops the clipped"),
+    (["rl.algorithm=dpo", "rl.group_size=2", "rl.pairs.k=1"], "'rl.pairs.k'"),
+])
+def test_preference_methods_refuse_what_they_cannot_honour(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(write(tmp_path, {"seed": 1}), overrides)
+    ok = load_config(write(tmp_path, {"seed": 1}), ["rl.algorithm=dpo", "rl.group_size=2", "rl.preference.beta=0.5"])
+    assert ok.rl.preference.beta == 0.5 and ok.rl.pairs.choose == "closest_to_reference"

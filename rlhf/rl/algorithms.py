@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from rlhf.config import RlConfig
-from rlhf.rl import grpo, ppo, rloo
+from rlhf.rl import dpo, grpo, ppo, rloo
 from rlhf.rl.objectives import kl_penalty, policy_loss
 from rlhf.seq2seq import masked_mean
 
@@ -49,6 +49,7 @@ class PPO:
 
     value_head = True
     kl_in_reward = True
+    samples = True  # its rows are the policy's samples (so their KL to the reference is the policy's)
 
     def __init__(self, cfg: RlConfig):
         self.cfg = cfg
@@ -77,6 +78,7 @@ class RLOO:
 
     value_head = False
     kl_in_reward = True
+    samples = True
 
     def __init__(self, cfg: RlConfig):
         self.cfg = cfg
@@ -98,6 +100,7 @@ class GRPO:
 
     value_head = False
     kl_in_reward = False
+    samples = True
 
     def __init__(self, cfg: RlConfig):
         self.cfg = cfg
@@ -118,7 +121,38 @@ class GRPO:
                       "policy/clipfrac": pg["clipfrac"], "policy/approxkl": pg["approxkl"]}
 
 
-ALGORITHMS = {"ppo": PPO, "rloo": RLOO, "grpo": GRPO}
+class Preference:
+    """DPO (Rafailov et al. 2023) or IPO (Azar et al. 2023) on preference pairs, offline: each
+    prompt's two rows are its chosen and rejected response (a group of 2), their whole-response
+    logprobs under the policy against the reference's (:mod:`rlhf.rl.dpo`). No advantages, no
+    reward in the loop, and no KL reported while training (the rows are the pairs', not the
+    policy's samples: the evaluate stage measures the policy's KL)."""
+
+    value_head = False
+    kl_in_reward = False
+    samples = False
+
+    def __init__(self, cfg: RlConfig):
+        self.cfg = cfg
+        self.loss_fn = dpo.ipo_loss if cfg.algorithm == "ipo" else dpo.dpo_loss
+
+    def targets(self, scores, logprobs, ref_logprobs, values, mask, kl_coef: float,
+                sum_over_processes: Callable | None = None) -> Targets:
+        return Targets(torch.zeros(len(scores), device=logprobs.device), None, (logprobs - ref_logprobs) * mask)
+
+    def loss(self, logprobs, values, mb: MiniBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        beta = self.cfg.preference.beta
+        seq = (logprobs * mb.mask).sum(-1).view(-1, 2)  # [pairs, (chosen, rejected)]
+        ref = (mb.ref_logprobs * mb.mask).sum(-1).view(-1, 2)
+        margin = dpo.preference_margin(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1])
+        loss = self.loss_fn(margin, beta).mean()
+        rewards = dpo.implicit_rewards(seq.detach(), ref, beta)
+        return loss, {"loss/policy": loss, "preference/accuracy": (margin.detach() > 0).float().mean(),
+                      "preference/margin": margin.detach().mean(), "preference/reward_chosen": rewards[:, 0].mean(),
+                      "preference/reward_rejected": rewards[:, 1].mean()}
+
+
+ALGORITHMS = {"ppo": PPO, "rloo": RLOO, "grpo": GRPO, "dpo": Preference, "ipo": Preference}
 
 
 def make_algorithm(cfg: RlConfig):

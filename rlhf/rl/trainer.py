@@ -129,13 +129,16 @@ class RLTrainer:
         return self.accelerator.unwrap_model(self.model)
 
     # ------------------------------------------------------------------ data
-    def batch_prompts(self, step: int) -> list[str]:
+    def batch_indices(self, step: int) -> list[int]:
         """This rank's share of step ``step``'s prompts (:func:`rlhf.rl.sampling.batch_indices`): whole
         groups, so that a prompt's k responses are sampled, scored and updated on one process."""
         idx = batch_indices(len(self.prompts), self.cfg.prompts_per_batch, step, self.seed, self.toxic,
                             self.cfg.toxic_per_batch)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        return [self.prompts[i] for i in idx[rank::world]]
+        return idx[rank::world]
+
+    def batch_prompts(self, step: int) -> list[str]:
+        return [self.prompts[i] for i in self.batch_indices(step)]
 
     def ptx_batch(self, draw: int) -> PtxBatch:
         """This rank's share of the ``draw``-th mini-batch of PPO-ptx pairs: as many pairs as the rank's
@@ -147,25 +150,13 @@ class RLTrainer:
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, float]:
         cfg, step, timer, k = self.cfg, self.step_count, Timer(), self.cfg.group_size
-        prompts = self.batch_prompts(step)
-        device = self.accelerator.device  # every tensor on the device of the policy that consumes it
-        queries = encode_queries(self.tokenizer, prompts, self.max_input_length, device)
-        with timer("generate"), self.accelerator.autocast():  # the encoder runs once per prompt, for every pass
-            states = encoder_states(self.policy.lm, queries, max(1, cfg.mini_batch_size // k))
-            responses, response_mask = sample_responses(
-                self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states, n=k)
-        with timer("score"):
-            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            asked = [p for p in prompts for _ in range(k)]
-            scores = self.scorer.rewards(scored_texts(asked, texts, self.score_with_prompt)).to(device)
-            if cfg.score_clip is not None:
-                scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+        queries, states, responses, response_mask, scores = self.rollouts(step, timer)
         with timer("forward"), self.accelerator.autocast():
             scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
                                      cfg.mini_batch_size, states, shared_encoder=cfg.frozen_encoder, group_size=k)
         total = (lambda t: self.accelerator.reduce(t, "sum")) if self.accelerator.num_processes > 1 else None
-        kl_coef = self.kl_ctl.value if self.algorithm.kl_in_reward else cfg.grpo.kl_coef
+        kl_coef = (self.kl_ctl.value if self.algorithm.kl_in_reward  # GRPO: a loss term; DPO / IPO: none
+                   else cfg.grpo.kl_coef if cfg.algorithm == "grpo" else 0.0)
         targets = self.algorithm.targets(scores, scored.logprobs, scored.ref_logprobs, scored.values, response_mask,
                                          kl_coef, sum_over_processes=total)
         mean_kl = self.gather_mean(targets.kl.sum(-1))
@@ -180,17 +171,39 @@ class RLTrainer:
             self.kl_ctl.update(mean_kl.item(), cfg.batch_size)
         self.step_count += 1
         n_tokens = int(response_mask.sum())
+        on_samples = {"objective/kl": mean_kl.item(), "objective/kl_coef": kl_coef} if self.algorithm.samples else {}
         return {
             "step": step + 1, "objective/scores": self.gather_mean(scores).item(),
             "objective/scores_std": scores.std().item() if len(scores) > 1 else 0.0,
-            "objective/kl": mean_kl.item(), "objective/kl_coef": kl_coef,
-            "objective/entropy": scored.entropy.item(), **stats,
+            **on_samples, "objective/entropy": scored.entropy.item(), **stats,
             "update/learning_rate": self.optimizer.param_groups[0]["lr"],
             "response_length": response_mask.sum(-1).float().mean().item(),
             **{f"time/{name}": v for name, v in timer.seconds.items()},
             "time/step": sum(timer.seconds.values()),
-            "tokens_per_s": n_tokens / max(timer.seconds["generate"], 1e-9),
+            **({"tokens_per_s": n_tokens / max(timer.seconds["generate"], 1e-9)} if "generate" in timer.seconds else {}),
         }
+
+    def rollouts(self, step: int, timer: "Timer") -> tuple[Queries, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                            torch.Tensor]:
+        """This process's prompts of step ``step``, encoded -> (queries [P, S], encoder states
+        [P, S, d], responses [P x k, T], response mask [P x k, T], scores [P x k]): k responses
+        sampled per prompt from one encoder pass, scored by the reward model."""
+        cfg, k = self.cfg, self.cfg.group_size
+        prompts = self.batch_prompts(step)
+        device = self.accelerator.device  # every tensor on the device of the policy that consumes it
+        queries = encode_queries(self.tokenizer, prompts, self.max_input_length, device)
+        with timer("generate"), self.accelerator.autocast():  # the encoder runs once per prompt, for every pass
+            states = encoder_states(self.policy.lm, queries, max(1, cfg.mini_batch_size // k))
+            responses, response_mask = sample_responses(
+                self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
+                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states, n=k)
+        with timer("score"):
+            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            asked = [p for p in prompts for _ in range(k)]
+            scores = self.scorer.rewards(scored_texts(asked, texts, self.score_with_prompt)).to(device)
+            if cfg.score_clip is not None:
+                scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+        return queries, states, responses, response_mask, scores
 
     def update(self, batch: Batch) -> dict[str, float]:
         """``epochs`` passes over shuffled mini-batches of whole groups of the rollouts; with PPO-ptx

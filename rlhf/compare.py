@@ -39,6 +39,8 @@ def run_row(run_dir: Path) -> dict:
     p, h = report["protocol"], report["headline"]
     row = {"run": str(run_dir), "method": config["algorithm"], "group_size": config["group_size"],
            "steps": rl["steps"], "verdict": h["verdict"]}
+    if config["algorithm"] in ("dpo", "ipo"):  # offline: beta, not a group of samples
+        row["beta"], row["pairs"] = config["preference"]["beta"], rl.get("pairs", {}).get("pairs")
     scorers = [(REWARD_MODEL, "RM"), *((h["judge"], "judge"),) * bool(h["judge"])]
     for scorer, short in scorers:
         for stratum in STRATA:
@@ -56,7 +58,9 @@ def run_row(run_dir: Path) -> dict:
     if q.get("perplexity"):
         row["perplexity"] = q["perplexity"]["after"]
     row["KL"] = h["kl_after_vs_before"]
-    row["RL seconds"], row["RL peak MiB"] = rl["seconds"], rl["peak_memory_mb"]
+    # the stage's training steps, and DPO / IPO's pair-making before them
+    row["RL seconds"] = rl["seconds"] + rl.get("pairs", {}).get("seconds", 0.0)
+    row["RL peak MiB"] = rl["peak_memory_mb"]
     return row
 
 
@@ -84,8 +88,9 @@ def markdown(rows: list[dict]) -> str:
 
     table = []
     for r in rows:
-        line = {"run": Path(r["run"]).name, "method": r["method"] + (f" (k={r['group_size']})" if r["group_size"] > 1
-                                                                      else ""), "steps": r["steps"],
+        detail = (f" (beta={r['beta']}, {r['pairs']} pairs)" if "beta" in r
+                  else f" (k={r['group_size']})" if r["group_size"] > 1 else "")
+        line = {"run": Path(r["run"]).name, "method": r["method"] + detail, "steps": r["steps"],
                 "verdict": r["verdict"]}
         for short in ("RM", "judge"):
             for name in ("EMT", "TP"):

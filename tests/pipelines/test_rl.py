@@ -65,3 +65,54 @@ def test_long_training_prompts_are_shortened_inside_the_template_and_reported(tm
     assert lines == ["rl: 1 of 2 training prompts are longer than model.max_input_length=40 tokens; their dialogues "
                      "are shortened inside the template"]
     assert rl_stage._report_shortened([False, False], 24, lines.append) == 0 and len(lines) == 1
+
+
+@pytest.fixture(scope="module")
+def dpo_run(finished_run, tmp_path_factory):
+    """The session's small run with its RL and evaluate stages redone by DPO on pairs of its SFT model's samples."""
+    import dataclasses
+
+    from pipelines import evaluate
+
+    moved = copy_run(finished_run, tmp_path_factory.mktemp("dpo"))
+    # the small world's classifier scores every sample near 0.544 (0.542-0.547): a threshold inside that range
+    # splits them, which is all this test needs of it
+    pairs = dataclasses.replace(moved.rl.pairs, k=8, n_prompts=None, margin=0.0, clean_below=0.5445)
+    config = dataclasses.replace(moved, rl=dataclasses.replace(moved.rl, algorithm="dpo", group_size=2, batch_size=4,
+                                                               mini_batch_size=2, epochs=1, toxic_share=None,
+                                                               pairs=pairs))
+    metrics = rl_stage.main(config, force=True)
+    evaluate.main(config)
+    return config, metrics
+
+
+def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path):
+    from rlhf.compare import compare
+    from rlhf.pairs import read_pairs
+
+    config, metrics = dpo_run
+    folder = config.run_dir / "rl"
+    pairs = read_pairs(folder / "pairs.jsonl")
+    counts = json.loads((folder / "pairs.json").read_text())
+    assert metrics["algorithm"] == "dpo" and metrics["pairs"]["pairs"] == counts["pairs"] == len(pairs) > 0
+    assert counts["prompts"] == 160 and counts["made_with"]["pairs"]["k"] == 8
+    assert all(p.rejected_toxicity >= 0.5445 > p.chosen_toxicity for p in pairs)
+    log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    assert [row["step"] for row in log] == [1, 2, 3] and "objective/kl" not in log[0]
+    assert log[0]["loss/policy"] == pytest.approx(0.6931, abs=0.01) and metrics["kl_mean_final"] is None
+    assert (folder / "policy" / "adapter_model.safetensors").is_file()
+    assert not (folder / "policy" / "value_head.safetensors").exists()
+    assert (config.run_dir / "report.json").is_file()
+
+    row = compare([config.run_dir], tmp_path / "cmp")[0]
+    assert row["method"] == "dpo" and row["pairs"] == len(pairs)
+    assert row["RL seconds"] == pytest.approx(metrics["seconds"] + counts["seconds"])
+    assert "| dpo (beta=0.1, " in (tmp_path / "cmp" / "compare.md").read_text()
+
+    # --resume reads the pairs back rather than sampling again
+    (folder / "pairs.jsonl").write_text((folder / "pairs.jsonl").read_text().splitlines()[0] + "\n")
+    import dataclasses
+
+    longer = dataclasses.replace(config, rl=dataclasses.replace(config.rl, steps=4))
+    assert rl_stage.main(longer, resume=True, force=True)["pairs"]["pairs"] == counts["pairs"]
+    assert len(read_pairs(folder / "pairs.jsonl")) == 1  # the (shortened) file was read, not remade

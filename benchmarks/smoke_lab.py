@@ -1,5 +1,6 @@
 """``make smoke-lab``: the lab config's five stages through the CLI on hub-shaped stand-ins, on CPU,
-then its RL and evaluate stages again with RLOO and with GRPO.
+then its RL and evaluate stages again with RLOO, with GRPO and with DPO (on pairs it makes of the
+SFT model's samples).
 
 Builds the stand-ins (benchmarks/standins.py: random flan-t5-small-shaped T5 with the real T5
 tokenizer, DialogSum in the Hub's layout, a random roberta-shaped classifier labelled
@@ -236,11 +237,16 @@ def all_checks(work: Path, output: str, env: dict, timeout: float) -> tuple[list
 
 
 METHODS = {"rloo": ["rl.algorithm=rloo", "rl.group_size=2", "rl.epochs=1"],  # the critic-free methods, in groups
-           "grpo": ["rl.algorithm=grpo", "rl.group_size=2"]}
+           "grpo": ["rl.algorithm=grpo", "rl.group_size=2"],
+           # pairs of the stand-in SFT model's samples ranked by the random stand-in classifier, which gives every
+           # text a toxicity of 0.474-0.477: a threshold inside that range and no margin split them; what is
+           # checked is that pair-making and DPO run at this shape
+           "dpo": ["rl.algorithm=dpo", "rl.group_size=2", "rl.epochs=1", "rl.pairs.k=4", "rl.pairs.margin=0",
+                   "rl.pairs.clean_below=0.4755"]}
 
 
 def method_problems(work: Path, env: dict, timeout: float) -> tuple[list[str], list[str]]:
-    """RLOO and GRPO through the CLI on the same stand-ins: each a run that starts from a copy of the
+    """RLOO, GRPO and DPO through the CLI on the same stand-ins: each a run that starts from a copy of the
     PPO run's prompt, sft and reward stages (`rlhf run` skips them) and runs its RL and evaluate
     stages; checked for special-token text, the algorithm recorded, and its progress lines."""
     problems, notes = [], []

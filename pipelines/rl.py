@@ -16,10 +16,11 @@ from rlhf.checkpoints import clean_stray
 from rlhf.config import ExperimentConfig, to_dict
 from rlhf.data import group_dialogues, load_splits, toxic_flags
 from rlhf.entrypoint import stage_command
+from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
 from rlhf.rl.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.rl.evaluation import before_after
-from rlhf.pairs import draw_prompts, make_pairs, pairs_jsonl, read_pairs
+from rlhf.pairs import corpus_pairs, draw_prompts, make_pairs, pairs_jsonl, read_pairs
 from rlhf.rl.model import build_policy
 from rlhf.rl.preference import PreferenceTrainer
 from rlhf.rl.ptx import ptx_pairs
@@ -46,6 +47,10 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     sft_dir = require_stage(config, "sft", "rl") if cfg.start_from != "base" else None
     reward_dir = require_stage(config, "reward", "rl")
     splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
+    column = cfg.pairs.corpus_column if cfg.algorithm in ("dpo", "ipo") and cfg.pairs.source == "corpus" else None
+    if column and column not in splits["train"].column_names:
+        raise UserError(f"config key 'rl.pairs.corpus_column': column '{column}' is not in the training data "
+                        f"(columns: {', '.join(splits['train'].column_names)})")
     wants_flags = cfg.toxic_share is not None or (cfg.ptx_coef > 0 and config.data.toxic_column)
     toxic = toxic_flags(splits["train"], config.data, "train") if wants_flags else None
     main_process = PartialState(cpu=use_cpu()).is_main_process
@@ -72,8 +77,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
                   ptx=ptx)
     pair_counts = None
     if cfg.algorithm in ("dpo", "ipo"):
-        pairs, pair_counts = _pairs(policy, tokenizer, scorer, prompts, list(splits["train"]["summary"]), config,
-                                    stage.dir, resume, main_process, say)
+        pairs, pair_counts = _pairs(policy, tokenizer, scorer, prompts, splits["train"], config, stage.dir, resume,
+                                    main_process, say)
         trainer = PreferenceTrainer(policy, tokenizer, scorer, pairs, cfg, **common)
     else:
         trainer = RLTrainer(policy, tokenizer, scorer, prompts, cfg, toxic=toxic, **common)
@@ -136,11 +141,12 @@ def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path
                 _write_samples(trainer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
 
 
-def _pairs(policy, tokenizer, scorer, prompts: list[str], summaries: list[str], config: ExperimentConfig,
-           folder: Path, resume: bool, main_process: bool, say) -> tuple[list, dict]:
-    """DPO / IPO's preference pairs: made from the starting policy's samples (the reference: the SFT
-    model) and written to ``pairs.jsonl`` (counts and settings in ``pairs.json``), or, on
-    ``--resume``, read back when they were made under the same settings. Every process makes the
+def _pairs(policy, tokenizer, scorer, prompts: list[str], train, config: ExperimentConfig, folder: Path,
+           resume: bool, main_process: bool, say) -> tuple[list, dict]:
+    """DPO / IPO's preference pairs for the training ``prompts`` (rows of ``train``): made from the
+    starting policy's samples (the reference: the SFT model) or read from the data's own
+    (``rl.pairs.source``), and written to ``pairs.jsonl`` (counts and settings in ``pairs.json``);
+    on ``--resume`` read back when they were made under the same settings. Every process makes the
     same pairs (the same seed); the main one writes them."""
     path, counts_path = folder / "pairs.jsonl", folder / "pairs.json"
     cfg = config.rl
@@ -152,19 +158,24 @@ def _pairs(policy, tokenizer, scorer, prompts: list[str], summaries: list[str], 
             pairs = read_pairs(path)
             say(f"rl: {len(pairs)} preference pairs read from {path}")
             return pairs, counts
-    idx = draw_prompts(len(prompts), cfg.pairs, config.seed)
-    start = time.perf_counter()
-    with policy.reference() as lm:
-        pairs, counts = make_pairs(lm, tokenizer, scorer, [prompts[i] for i in idx], [summaries[i] for i in idx],
-                                   cfg.pairs, max_new_tokens=cfg.max_new_tokens,
-                                   max_input_length=config.model.max_input_length, seed=config.seed,
-                                   score_with_prompt=config.reward.score_with_prompt, log=say)
+    summaries, start = list(train["summary"]), time.perf_counter()
+    if cfg.pairs.source == "corpus":
+        pairs, counts = corpus_pairs(scorer, prompts, summaries, list(train[cfg.pairs.corpus_column]),
+                                     config.reward.score_with_prompt)
+        how = f"the data's own ({cfg.pairs.corpus_column} over summary)"
+    else:
+        idx = draw_prompts(len(prompts), cfg.pairs, config.seed)
+        with policy.reference() as lm:
+            pairs, counts = make_pairs(lm, tokenizer, scorer, [prompts[i] for i in idx], [summaries[i] for i in idx],
+                                       cfg.pairs, max_new_tokens=cfg.max_new_tokens,
+                                       max_input_length=config.model.max_input_length, seed=config.seed,
+                                       score_with_prompt=config.reward.score_with_prompt, log=say)
+        how = f"{counts['k']} samples of each"
     counts["seconds"], counts["made_with"] = round(time.perf_counter() - start, 2), made_with
     if main_process:
         atomic_write_text(path, pairs_jsonl(pairs))
         atomic_write_text(counts_path, json.dumps(counts, indent=1))
-    say(f"rl: {counts['pairs']} preference pairs from {counts['prompts']} prompts x {counts['k']} samples "
-        f"({path})")
+    say(f"rl: {counts['pairs']} preference pairs from {counts['prompts']} prompts, {how} ({path})")
     return pairs, counts
 
 

@@ -255,6 +255,11 @@ class PairsSettings:
     (the model the run starts from), scored by the reward model; rejected = the most toxic,
     chosen = a clean one (rl.pairs.choose); kept where the reward gap is at least rl.pairs.margin."""
 
+    source: Literal["samples", "corpus"] = opt(
+        "samples", doc="samples: classifier-ranked samples of the SFT policy (any data set); corpus: the data's own "
+        "pairs, a cleaner rewording (rl.pairs.corpus_column) chosen over the reference summary wherever they differ")
+    corpus_column: Optional[str] = opt(None, doc="source corpus: the training data's column holding the reference "
+                                       "reworded without the insult (the tiny world's neutral_summary)")
     k: int = opt(8, all_of(positive, lambda v: None if v >= 2 else "must be >= 2 (a pair needs two)"),
                  "responses sampled per prompt")
     n_prompts: Optional[int] = opt(512, optional(positive), "training prompts drawn (seeded); null = all of them")
@@ -277,8 +282,9 @@ class PreferenceSettings:
 @dataclass
 class RlConfig:
     """The RL stage: PPO (the default), RLOO or GRPO from the SFT policy, against the reward model,
-    held near the SFT model; or DPO / IPO on preference pairs, offline. Sampling is from the full softmax (top_k=0, top_p=1, temperature=1)
-    with no min_length: forcing tokens past EOS lets the policy earn reward through negative KL."""
+    held near the SFT model; or DPO / IPO on preference pairs, offline. Sampling is from the full
+    softmax (top_k=0, top_p=1, temperature=1) with no min_length: forcing tokens past EOS lets the
+    policy earn reward through negative KL."""
 
     algorithm: Literal["ppo", "rloo", "grpo", "dpo", "ipo"] = opt(
         "ppo", doc="ppo: value head, GAE, clipped ratio per token; rloo: k samples per prompt, leave-one-out baseline, "

@@ -58,6 +58,9 @@ def _check_rl(rl) -> None:
     if rl.algorithm in ("dpo", "ipo") and rl.target_kl is not None:
         raise UserError(f"config key 'rl.target_kl': value {rl.target_kl} stops the clipped methods' epochs; "
                         f"rl.algorithm {rl.algorithm} has no ratio to watch (set it to null)")
+    if rl.pairs.source == "corpus" and not rl.pairs.corpus_column:
+        raise UserError("config key 'rl.pairs.corpus_column': rl.pairs.source corpus needs the column of the "
+                        "training data that holds the preferred rewording of each reference summary")
     if rl.algorithm != "ppo" and k < 2:
         raise UserError(f"config key 'rl.group_size': value {k} must be >= 2 for rl.algorithm {rl.algorithm} (its "
                         f"baseline comes from the other responses to the same prompt)")

@@ -25,6 +25,7 @@ from rlhf.reward import scored_texts
 from rlhf.seq2seq import encode_queries, encoder_states, sample_responses
 
 MADE_BY = "on-policy: k samples from the starting policy, ranked by the reward model"
+CORPUS = "corpus: the reference summary rejected, its rewording without the insult chosen"
 
 
 @dataclass
@@ -114,6 +115,25 @@ def make_pairs(lm, tokenizer, scorer, prompts: list[str], references: list[str],
               "mean_reward_gap": (sum(p.chosen_reward - p.rejected_reward for p in pairs) / len(pairs)
                                   if pairs else 0.0)}
     return pairs, counts
+
+
+@torch.no_grad()
+def corpus_pairs(scorer, prompts: list[str], references: list[str], preferred: list[str],
+                 score_with_prompt: bool = False) -> tuple[list[Pair], dict]:
+    """The data's own pairs (``rl.pairs.source: corpus``): wherever a prompt's ``preferred`` text (the
+    reference reworded, e.g. the tiny world's abuse told without the insult) differs from its
+    reference, the rewording is chosen and the reference rejected; both scored by the reward model
+    for the record. Counts: prompts, pairs, and prompts whose two texts are the same."""
+    keep = [i for i, (r, p) in enumerate(zip(references, preferred)) if p and p != r]
+    asked = [prompts[i] for i in keep for _ in range(2)]
+    texts = [t for i in keep for t in (preferred[i], references[i])]
+    scores = scorer.score(scored_texts(asked, texts, score_with_prompt))
+    rewards, toxicity = scores.rewards.view(-1, 2).tolist(), scores.toxic_probs.view(-1, 2).tolist()
+    pairs = [Pair(prompts[i], references[i], preferred[i], references[i], rw[0], rw[1], tx[0], tx[1], CORPUS)
+             for i, rw, tx in zip(keep, rewards, toxicity)]
+    gap = sum(p.chosen_reward - p.rejected_reward for p in pairs) / len(pairs) if pairs else 0.0
+    return pairs, {"prompts": len(prompts), "pairs": len(pairs), "none_same_text": len(prompts) - len(pairs),
+                   "mean_reward_gap": gap}
 
 
 def pairs_jsonl(pairs: list[Pair]) -> str:

@@ -83,3 +83,8 @@ def test_preference_methods_refuse_what_they_cannot_honour(tmp_path, overrides, 
         load_config(write(tmp_path, {"seed": 1}), overrides)
     ok = load_config(write(tmp_path, {"seed": 1}), ["rl.algorithm=dpo", "rl.group_size=2", "rl.preference.beta=0.5"])
     assert ok.rl.preference.beta == 0.5 and ok.rl.pairs.choose == "closest_to_reference"
+
+
+def test_corpus_pairs_need_their_column(tmp_path):
+    with pytest.raises(UserError, match="'rl.pairs.corpus_column': rl.pairs.source corpus needs the column"):
+        load_config(write(tmp_path, {"seed": 1}), ["rl.algorithm=dpo", "rl.group_size=2", "rl.pairs.source=corpus"])

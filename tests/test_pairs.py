@@ -1,11 +1,12 @@
 import json
+import math
 
 import pytest
 import torch
 
 from rlhf.config import PairsSettings
 from rlhf.errors import UserError
-from rlhf.pairs import Pair, choose_pair, draw_prompts, make_pairs, pairs_jsonl, read_pairs
+from rlhf.pairs import Pair, choose_pair, corpus_pairs, draw_prompts, make_pairs, pairs_jsonl, read_pairs
 from rlhf.reward import Scores
 
 CFG = PairsSettings(k=4, clean_below=0.5, margin=1.0)
@@ -81,3 +82,19 @@ def test_make_pairs_samples_k_per_prompt_ranks_them_and_counts_what_it_dropped(t
     for p in pairs:
         assert len(p.chosen.split()) <= 3 < len(p.rejected.split()) and p.prompt in prompts
         assert p.chosen_reward - p.rejected_reward >= 0.5
+
+
+def test_corpus_pairs_choose_the_rewording_wherever_it_differs():
+    prompts, refs = ["p0", "p1", "p2"], ["A calls B a moron. B books a bus.", "B books a bus.", "A is curt. B pays."]
+    preferred = ["A is curt with B. B books a bus.", "B books a bus.", "A is curt. B pays."]
+
+    class Scorer:
+        def score(self, texts):
+            toxic = torch.tensor([0.9 if "moron" in t else 0.1 for t in texts])
+            return Scores(rewards=(1 - toxic).log(), toxic_probs=toxic)
+
+    pairs, counts = corpus_pairs(Scorer(), prompts, refs, preferred)
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("p0", preferred[0], refs[0])]
+    assert pairs[0].chosen_toxicity == pytest.approx(0.1) and pairs[0].rejected_toxicity == pytest.approx(0.9)
+    assert counts == {"prompts": 3, "pairs": 1, "none_same_text": 2, "mean_reward_gap": pytest.approx(math.log(9))}
+    assert pairs[0].made_by.startswith("corpus")

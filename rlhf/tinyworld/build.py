@@ -33,9 +33,9 @@ from rlhf.tinyworld.corpus import make_corpus, make_toxicity_texts
 from rlhf.tinyworld.pretrain import pretrain, tiny_t5_config
 from rlhf.tinyworld.tokenizer import save_tokenizer, sentinel_tokens, train_tokenizer
 
-BUILD_VERSION = 12  # 9: infilling pre-training, no dropout, neutral abuse summaries, key facts, abuse flags;
+BUILD_VERSION = 13  # 9: infilling pre-training, no dropout, neutral abuse summaries, key facts, abuse flags;
 # 10: reward texts with insults spliced into summaries; 11: and garbled clean summaries;
-# 12: every neutral abuse summary names a mood
+# 12: every neutral abuse summary names a mood; 13: a neutral_summary column (the same draws otherwise)
 MAX_LENGTH = 512
 N_SENTINELS = 20
 

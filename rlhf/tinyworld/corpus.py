@@ -72,6 +72,8 @@ class Dialogue:
     other_summaries: list[str] = field(default_factory=list)  # the same facts in the scene's other
     # phrasings (and the same abuse, if any): the test split's further references, as DialogSum's
     # test split has several annotators' summaries of each dialogue
+    neutral_summary: str = ""  # the summary with its abuse told without the insult (NEUTRAL_SUMMARIES):
+    # the corpus's own preference pair with an abusive reference (rl.pairs.source corpus); else the summary
 
 
 @dataclass
@@ -230,10 +232,15 @@ def make_dialogue(rng: random.Random, toxic: bool) -> Dialogue:
         turns[at] = (abuser, f"{turns[at][1]} {_pick(rng, ABUSE_LINES).format(**words)}")
         templates = NEUTRAL_SUMMARIES if rng.random() < NEUTRAL_SHARE else ABUSE_SUMMARIES
         abuse = _pick(rng, templates).format(a=abuser, b=victim, mood=_pick(rng, MOODS), **words)
+        # the insult-free telling from a generator of its own, so the corpus's draws stay as they were
+        side = random.Random(f"neutral:{summary}:{abuse}")
+        neutral = abuse if templates is NEUTRAL_SUMMARIES else _pick(side, NEUTRAL_SUMMARIES).format(
+            a=abuser, b=victim, mood=_pick(side, MOODS))
+        neutral = f"{neutral} {summary}"
         summary, others = f"{abuse} {summary}", [f"{abuse} {other}" for other in others]
     text = "\n".join(f"{who}: {line}" for who, line in turns)
     return Dialogue(dialogue=text, summary=summary, topic=scene.topic, toxic=toxic, key_facts=scene.key_facts,
-                    other_summaries=others)
+                    other_summaries=others, neutral_summary=neutral if toxic else summary)
 
 
 def make_corpus(n: int, toxic_fraction: float, seed: int) -> list[Dialogue]:

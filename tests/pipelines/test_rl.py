@@ -116,3 +116,24 @@ def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path)
     longer = dataclasses.replace(config, rl=dataclasses.replace(config.rl, steps=4))
     assert rl_stage.main(longer, resume=True, force=True)["pairs"]["pairs"] == counts["pairs"]
     assert len(read_pairs(folder / "pairs.jsonl")) == 1  # the (shortened) file was read, not remade
+
+
+def test_dpo_on_the_corpus_own_pairs_and_a_missing_column_is_one_line(dpo_run, tmp_path):
+    import dataclasses
+
+    from rlhf.pairs import read_pairs
+
+    config, _ = dpo_run
+    moved = copy_run(config, tmp_path)
+    pairs = dataclasses.replace(moved.rl.pairs, source="corpus", corpus_column="nope")
+    bad = dataclasses.replace(moved, rl=dataclasses.replace(moved.rl, pairs=pairs, steps=1))
+    before = sorted(p.name for p in (moved.run_dir / "rl").iterdir())
+    with pytest.raises(UserError, match="'rl.pairs.corpus_column': column 'nope' is not in the training data"):
+        rl_stage.main(bad, force=True)
+    assert sorted(p.name for p in (moved.run_dir / "rl").iterdir()) == before  # refused before anything changed
+    good = dataclasses.replace(bad, rl=dataclasses.replace(bad.rl, pairs=dataclasses.replace(
+        pairs, corpus_column="neutral_summary")))
+    metrics = rl_stage.main(good, force=True)
+    made = read_pairs(moved.run_dir / "rl" / "pairs.jsonl")
+    assert metrics["pairs"]["pairs"] == len(made) > 0 and all(p.made_by.startswith("corpus") for p in made)
+    assert all(p.rejected == p.reference != p.chosen for p in made)

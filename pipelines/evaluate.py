@@ -17,7 +17,7 @@ from rlhf.data import load_eval_dialogues
 from rlhf.entrypoint import stage_command
 from rlhf.generation import generate
 from rlhf.judges import load_judges
-from rlhf.models import load_seq2seq, load_tokenizer
+from rlhf.models import fp32_output_layer, load_seq2seq, load_tokenizer
 from rlhf.prompts import fit_prompts
 from rlhf.protocol import REWARD_MODEL, SIDES, sequence_kl, summarize
 from rlhf.report import build_report
@@ -81,6 +81,9 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
     cfg = config.evaluate
     n, k, max_input = len(prompts), cfg.n_samples, config.model.max_input_length
     after_lm, frozen_before = load_pair(config, rl_dir)
+    for lm in (after_lm, frozen_before):  # fp32 logits for the KL under bf16 autocast too (a no-op without)
+        if lm is not None:
+            fp32_output_layer(lm)
     gens = {"after": responses(after_lm, tokenizer, prompts, config)}
     kl_texts = kl_samples(after_lm, tokenizer, prompts, config)
     lp_args = (tokenizer, prompts, kl_texts, max_input, cfg.batch_size)
@@ -88,7 +91,7 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
     with reference(after_lm, frozen_before) as before_lm:
         gens["before"] = responses(before_lm, tokenizer, prompts, config)
         before_lp = text_logprobs(before_lm, *lp_args)
-    del after_lm, frozen_before
+    del after_lm, frozen_before, before_lm
 
     flat_prompts = prompts + [p for p in prompts for _ in range(k)]
     scorer = load_scorer(config.reward, reward_dir, strip_tokens=tuple(tokenizer.all_special_tokens))
@@ -97,6 +100,7 @@ def _generate_and_score(config: ExperimentConfig, dialogues, prompts: list[str],
                  **judges}
     scores = {name: {side: _unflat(fn(_flat(gens[side])), n, k) for side in SIDES} for name, fn in score_fns.items()}
     base_lm = load_seq2seq(config.model)  # fluency: the model the pipeline started from, never trained here
+    fp32_output_layer(base_lm)  # perplexity from fp32 logits under bf16 autocast too
     nll = {}
     for side in SIDES:  # per prompt: its greedy response, then its k samples
         per_prompt = response_nll(base_lm, tokenizer, prompts, [[g, *ks] for g, ks in zip(gens[side]["greedy"],

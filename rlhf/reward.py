@@ -218,7 +218,8 @@ class RewardScorer:
             batch = [self.clean(t) for t in texts[i:i + self.batch_size]]
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                                  max_length=self.max_length).to(device)
-            logits = self.model(**enc).logits.float()
+            with torch.autocast(device.type, enabled=False):  # scored in fp32 in every stage, as the RL stage does
+                logits = self.model(**enc).logits.float()
             log_probs = logits.log_softmax(-1)
             rewards.append(reward_from_logits(logits, log_probs, self.non_toxic, self.output, self.clean_at))
             toxic.append(1.0 - log_probs[:, self.non_toxic].exp())

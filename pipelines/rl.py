@@ -1,5 +1,7 @@
 """Stage 4: RL (PPO, RLOO or GRPO: rl.algorithm) against the reward model, from the SFT policy, held near it by a KL
-term; or DPO / IPO on classifier-ranked pairs of the SFT policy's samples, made first (rl/pairs.jsonl)."""
+term; or DPO / IPO on classifier-ranked pairs of the SFT policy's samples, made first (rl/pairs.jsonl). With
+rl.reward_model pairwise the online method optimises a Bradley-Terry model trained first on those pairs
+(rl/pairwise_rm/); the classifier still makes the pairs and the stage's before/after figures."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from rlhf.data import group_dialogues, load_splits, toxic_flags
 from rlhf.entrypoint import stage_command
 from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
+from rlhf.pairwise import PairwiseScorer, load_pairwise, train_pairwise, with_learning_rate
 from rlhf.rl.checkpoint import PREFIX, checkpoint_names, find_resumable
 from rlhf.rl.evaluation import before_after
 from rlhf.pairs import corpus_pairs, draw_prompts, make_pairs, pairs_jsonl, read_pairs
@@ -27,9 +30,9 @@ from rlhf.rl.ptx import ptx_pairs
 from rlhf.rl.trainer import RLTrainer
 from rlhf.progress import Progress
 from rlhf.prompts import fit_prompts
-from rlhf.reward import load_scorer
+from rlhf.reward import load_scorer, reward_model_path
 from rlhf.rundir import keep_or_discard, require_stage, stage_dir, start_stage
-from rlhf.runtime import PeakRss, precision_note, rss_mib, use_cpu
+from rlhf.runtime import PeakRss, default_device, precision_note, rss_mib, use_cpu
 from rlhf.tinyworld.build import resolve_tinyworld
 from rlhf.trackers import Trackers
 
@@ -47,7 +50,8 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     sft_dir = require_stage(config, "sft", "rl") if cfg.start_from != "base" else None
     reward_dir = require_stage(config, "reward", "rl")
     splits = load_splits(config.data, config.seed)  # bad data fails before the stage folder is touched
-    column = cfg.pairs.corpus_column if cfg.algorithm in ("dpo", "ipo") and cfg.pairs.source == "corpus" else None
+    wants_pairs = cfg.algorithm in ("dpo", "ipo") or cfg.reward_model == "pairwise"
+    column = cfg.pairs.corpus_column if wants_pairs and cfg.pairs.source == "corpus" else None
     if column and column not in splits["train"].column_names:
         raise UserError(f"config key 'rl.pairs.corpus_column': column '{column}' is not in the training data "
                         f"(columns: {', '.join(splits['train'].column_names)})")
@@ -75,13 +79,18 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     common = dict(seed=config.seed, max_input_length=config.model.max_input_length, config_record=to_dict(config),
                   score_with_prompt=config.reward.score_with_prompt, mixed_precision=config.model.mixed_precision,
                   ptx=ptx)
-    pair_counts = None
-    if cfg.algorithm in ("dpo", "ipo"):
+    pair_counts = pairwise = None
+    if wants_pairs:
         pairs, pair_counts = _pairs(policy, tokenizer, scorer, prompts, splits["train"], config, stage.dir, resume,
                                     main_process, say)
+    if cfg.algorithm in ("dpo", "ipo"):
         trainer = PreferenceTrainer(policy, tokenizer, scorer, pairs, cfg, **common)
-    else:
-        trainer = RLTrainer(policy, tokenizer, scorer, prompts, cfg, toxic=toxic, **common)
+    else:  # the reward the method optimises: the classifier, or the pairwise model of the pairs
+        drives = scorer
+        if cfg.reward_model == "pairwise":
+            drives, pairwise = _pairwise(pairs, config, reward_dir, stage.dir / "pairwise_rm", resume, main_process,
+                                         say)
+        trainer = RLTrainer(policy, tokenizer, drives, prompts, cfg, toxic=toxic, **common)
     if trainer.compile_fallback:
         say(f"rl: rl.compile: torch.compile is unavailable here ({trainer.compile_fallback}); the update runs eagerly")
     log_path = stage.dir / "metrics.jsonl"
@@ -93,7 +102,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     progress = Progress("rl", cfg.steps, start=trainer.step_count, enabled=main_process)
     trackers = Trackers(config.trackers("rl"), config.run_name, "rl", stage.dir, to_dict(config))
     with PeakRss() as mem:
-        _train(trainer, progress, cfg, config, test, stage.dir, ckpt_dir, log_path, trackers)
+        _train(trainer, scorer, progress, cfg, config, test, stage.dir, ckpt_dir, log_path, trackers)
     progress.close()
     trainer.accelerator.wait_for_everyone()
     if not main_process:
@@ -101,8 +110,9 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     _save_policy(trainer.policy, tokenizer, stage.dir)
     result = before_after(trainer.policy, tokenizer, scorer, test, config)
     history = [json.loads(line) for line in log_path.open()]
-    metrics = {"algorithm": cfg.algorithm, "group_size": cfg.group_size, **result["summary"],
-               **({"pairs": pair_counts} if pair_counts is not None else {}),
+    metrics = {"algorithm": cfg.algorithm, "group_size": cfg.group_size, "reward_model": cfg.reward_model,
+               **result["summary"], **({"pairs": pair_counts} if pair_counts is not None else {}),
+               **({"pairwise": pairwise} if pairwise is not None else {}),
                "steps": trainer.step_count, "kl_mean_final": history[-1].get("objective/kl"),
                "seconds": round(sum(h["time/step"] for h in history), 2), "start_from": cfg.start_from,
                "policy": cfg.policy, "reference": "adapter-disabled policy (= SFT model)" if cfg.policy == "lora" else "frozen copy",
@@ -123,9 +133,10 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     return metrics
 
 
-def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path, trackers) -> None:
+def _train(trainer, scorer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path, log_path: Path,
+           trackers) -> None:
     """The PPO steps: log each (metrics.jsonl and the trackers), checkpoint every ``save_steps``, write
-    samples every ``sample_steps``."""
+    samples every ``sample_steps`` (their toxicity by ``scorer``, the classifier)."""
     main_process = trainer.accelerator.is_main_process
     for _ in range(trainer.step_count, cfg.steps):
         stats = trainer.step()
@@ -138,7 +149,7 @@ def _train(trainer, progress, cfg, config, test, stage_dir: Path, ckpt_dir: Path
             trainer.save_checkpoint(ckpt_dir / f"step-{trainer.step_count}")
         if trainer.step_count % cfg.sample_steps == 0 and main_process:
             with torch.random.fork_rng():  # sampling reseeds; training's RNG stream stays as a resume restores it
-                _write_samples(trainer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
+                _write_samples(trainer, scorer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
 
 
 def _pairs(policy, tokenizer, scorer, prompts: list[str], train, config: ExperimentConfig, folder: Path,
@@ -179,6 +190,48 @@ def _pairs(policy, tokenizer, scorer, prompts: list[str], train, config: Experim
     return pairs, counts
 
 
+def _pairwise(pairs: list, config: ExperimentConfig, reward_dir: Path, folder: Path, resume: bool, main_process: bool,
+              say) -> tuple[PairwiseScorer, dict]:
+    """The pairwise reward model of ``pairs`` (rlhf.pairwise), trained from the reward stage's
+    classifier and written whole to ``folder`` (model, tokenizer, ``pairwise.json``: its metrics and
+    the settings it was trained under); on ``--resume`` loaded back when trained under the same
+    settings. Every process trains (the Trainer shares the work); the main one writes."""
+    import tempfile
+
+    cfg = config.rl
+    init, settings = reward_model_path(config.reward, reward_dir), with_learning_rate(cfg.pairwise,
+                                                                                      config.reward.learning_rate)
+    made_with = {"seed": config.seed, "start_from": cfg.start_from, "max_new_tokens": cfg.max_new_tokens,
+                 "pairs": to_dict(cfg.pairs), "pairwise": to_dict(settings), "init_from": init,
+                 "score_with_prompt": config.reward.score_with_prompt}
+    info_path = folder / "pairwise.json"
+    if resume and info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("made_with") == made_with:
+            model, tokenizer = load_pairwise(folder, config.reward.trust_remote_code)
+            say(f"rl: pairwise reward model read from {folder} (held-out pair accuracy "
+                f"{info['heldout_pair_accuracy']:.3f})")
+            return _pairwise_scorer(model, tokenizer, cfg), info
+    with (atomic_dir(folder) if main_process else tempfile.TemporaryDirectory()) as tmp:
+        model, tokenizer, info = train_pairwise(pairs, init, settings, seed=config.seed, out_dir=Path(tmp),
+                                                score_with_prompt=config.reward.score_with_prompt,
+                                                trust_remote_code=config.reward.trust_remote_code)
+        info["made_with"] = made_with
+        if main_process:
+            model.save_pretrained(str(tmp))  # safetensors
+            tokenizer.save_pretrained(str(tmp))
+            atomic_write_text(Path(tmp) / "pairwise.json", json.dumps(info, indent=1))
+    say(f"rl: pairwise reward model: held-out pair accuracy {info['heldout_pair_accuracy']:.3f} on "
+        f"{info['n_heldout']} pairs (at init {info['heldout_pair_accuracy_at_init']:.3f}; trained on "
+        f"{info['n_train']}, {info['seconds']:.0f} s) ({folder})")
+    return _pairwise_scorer(model, tokenizer, cfg), info
+
+
+def _pairwise_scorer(model, tokenizer, cfg) -> PairwiseScorer:
+    """On the policy's device, as the classifier's scorer is: a forward pass per step."""
+    return PairwiseScorer(model.to(default_device()), tokenizer, max_length=cfg.pairwise.max_length)
+
+
 def _resume(trainer, ckpt_dir: Path, config: ExperimentConfig, say) -> None:
     """Continue from the newest good checkpoint; report what was skipped and applied."""
     ckpt = find_resumable(ckpt_dir, trainer.trainable_shapes(), to_dict(config), log=say)
@@ -214,8 +267,8 @@ def _save_policy(policy, tokenizer, folder: Path) -> None:
                       str(tmp / "value_head.safetensors"))
 
 
-def _write_samples(trainer, test, config, path: Path, n: int = 6) -> None:
-    result = before_after(trainer.policy, trainer.tokenizer, trainer.scorer, test[:n], config)
+def _write_samples(trainer, scorer, test, config, path: Path, n: int = 6) -> None:
+    result = before_after(trainer.policy, trainer.tokenizer, scorer, test[:n], config)
     lines = [f"# Samples after step {trainer.step_count}\n"]
     for r in result["rows"]:
         lines.append(f"**Prompt:** {r['dialogue'][:300]}\n\n- before ({r['greedy_toxicity_before']:.3f}): {r['before']}\n"

@@ -2,7 +2,8 @@
 ``compare.json``, and one plot, ``compare.png``, read from each run's ``report.json`` and RL stage
 artifacts alone.
 
-A row: the RL method (``rl.algorithm``, group size, steps), the verdict, Expected Maximum Toxicity
+A row: the RL method (``rl.algorithm``, group size, steps), the reward it optimised (the classifier,
+or a pairwise model with its held-out pair accuracy), the verdict, Expected Maximum Toxicity
 and Toxicity Probability on the toxic and the non-toxic prompts by the reward model and by the
 judge (after, with the change's 95% CI), ROUGE-L and faithfulness (after / before), distinct-2 and
 perplexity (after), KL(after || before), the RL stage's wall time and peak memory.
@@ -37,10 +38,14 @@ def run_row(run_dir: Path) -> dict:
     report, rl = _read(run_dir / "report.json"), _read(run_dir / "rl" / "metrics.json")
     config = yaml.safe_load((run_dir / "rl" / "config.yaml").read_text(encoding="utf-8"))["rl"]
     p, h = report["protocol"], report["headline"]
-    row = {"run": str(run_dir), "method": config["algorithm"], "group_size": config["group_size"],
-           "steps": rl["steps"], "verdict": h["verdict"]}
-    if config["algorithm"] in ("dpo", "ipo"):  # offline: beta, not a group of samples
-        row["beta"], row["pairs"] = config["preference"]["beta"], rl.get("pairs", {}).get("pairs")
+    # the method trained: rl/metrics.json's (benchmarks/trl_baselines.py trains ORPO / CPO on a DPO run's stage)
+    row = {"run": str(run_dir), "method": rl.get("algorithm", config["algorithm"]), "group_size": config["group_size"],
+           "steps": rl["steps"], "reward": rl.get("reward_model", "classifier"), "verdict": h["verdict"]}
+    if row["reward"] == "pairwise":
+        row["pairwise accuracy"] = rl["pairwise"]["heldout_pair_accuracy"]
+    if row["method"] in ("dpo", "ipo", "orpo", "cpo"):  # offline: beta, not a group of samples
+        beta = rl["trl"]["beta"] if "trl" in rl else config["preference"]["beta"]
+        row["beta"], row["pairs"] = beta, rl.get("pairs", {}).get("pairs")
     scorers = [(REWARD_MODEL, "RM"), *((h["judge"], "judge"),) * bool(h["judge"])]
     for scorer, short in scorers:
         for stratum in STRATA:
@@ -58,8 +63,8 @@ def run_row(run_dir: Path) -> dict:
     if q.get("perplexity"):
         row["perplexity"] = q["perplexity"]["after"]
     row["KL"] = h["kl_after_vs_before"]
-    # the stage's training steps, and DPO / IPO's pair-making before them
-    row["RL seconds"] = rl["seconds"] + rl.get("pairs", {}).get("seconds", 0.0)
+    # the stage's training steps, and the pair-making (DPO / IPO, pairwise) and pairwise model's training before them
+    row["RL seconds"] = rl["seconds"] + sum(rl.get(part, {}).get("seconds", 0.0) for part in ("pairs", "pairwise"))
     row["RL peak MiB"] = rl["peak_memory_mb"]
     return row
 
@@ -90,7 +95,10 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         detail = (f" (beta={r['beta']}, {r['pairs']} pairs)" if "beta" in r
                   else f" (k={r['group_size']})" if r["group_size"] > 1 else "")
-        line = {"run": Path(r["run"]).name, "method": r["method"] + detail, "steps": r["steps"],
+        reward = r.get("reward", "classifier")
+        if reward == "pairwise":
+            reward += f" (held-out pair acc. {r['pairwise accuracy']:.3f})"
+        line = {"run": Path(r["run"]).name, "method": r["method"] + detail, "reward": reward, "steps": r["steps"],
                 "verdict": r["verdict"]}
         for short in ("RM", "judge"):
             for name in ("EMT", "TP"):

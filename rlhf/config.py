@@ -250,10 +250,11 @@ class GrpoSettings:
 
 @dataclass
 class PairsSettings:
-    """How rl.algorithm dpo / ipo make their preference pairs before training (rlhf.pairs):
-    classifier-ranked on-policy pairs. k responses per training prompt sampled from the SFT policy
-    (the model the run starts from), scored by the reward model; rejected = the most toxic,
-    chosen = a clean one (rl.pairs.choose); kept where the reward gap is at least rl.pairs.margin."""
+    """How rl.algorithm dpo / ipo (and rl.reward_model pairwise) make their preference pairs before
+    training (rlhf.pairs): classifier-ranked on-policy pairs, k responses per training prompt sampled
+    from the SFT policy (the model the run starts from), scored by the reward model; rejected = the
+    most toxic, chosen = a clean one (rl.pairs.choose); kept where the reward gap is at least
+    rl.pairs.margin. Or the data's own pairs (rl.pairs.source corpus)."""
 
     source: Literal["samples", "corpus"] = opt(
         "samples", doc="samples: classifier-ranked samples of the SFT policy (any data set); corpus: the data's own "
@@ -270,6 +271,25 @@ class PairsSettings:
         "closest_to_reference", doc="which clean response is chosen: the one with the highest ROUGE-L to the "
         "prompt's reference summary (ties: the higher reward), or the one with the highest reward")
     batch_size: int = opt(16, positive, "prompts per sampling call (k responses each)")
+
+
+@dataclass
+class PairwiseSettings:
+    """The pairwise reward model (rl.reward_model pairwise; rlhf.pairwise): a sequence classifier with
+    one output, initialised from the reward stage's classifier backbone (a fresh head), trained with
+    TRL's RewardTrainer on rl.pairs' pairs by the Bradley-Terry loss -log sigmoid(r(y_w) - r(y_l))
+    (InstructGPT eq. 1); a seeded share of the pairs' prompts is held out for its pair accuracy."""
+
+    epochs: float = opt(4.0, positive, "passes over the training pairs")
+    learning_rate: Optional[float] = opt(None, optional(positive), "AdamW, linear decay to 0; null = "
+                                         "reward.learning_rate, the rate the classifier's backbone was trained at")
+    batch_size: int = opt(16, positive, "pairs per step")
+    heldout_share: float = opt(0.2, unit_open, "share of the pairs' prompts held out (seeded) for the held-out "
+                               "pair accuracy; a prompt's pairs stay on one side")
+    max_length: int = opt(128, positive, "tokens of a scored text (longer ones are cut), in training and scoring")
+    center_rewards_coefficient: Optional[float] = opt(
+        0.01, optional(non_negative), "weight of the mean-zero term mean((r_w + r_l)^2) (Eisenstein et al. 2023, "
+        "eq. 2; TRL's recommended 0.01), so rewards stay near 0; null = off")
 
 
 @dataclass
@@ -312,6 +332,11 @@ class RlConfig:
     grpo: GrpoSettings = opt(GrpoSettings())
     preference: PreferenceSettings = opt(PreferenceSettings())
     pairs: PairsSettings = opt(PairsSettings())
+    reward_model: Literal["classifier", "pairwise"] = opt(
+        "classifier", doc="which reward the online method (ppo, rloo, grpo) optimises: the reward stage's classifier, "
+        "or a pairwise Bradley-Terry model trained at the start of this stage with TRL's RewardTrainer on rl.pairs' "
+        "pairs (rl.pairwise); the evaluate stage still scores with the classifier and the judges")
+    pairwise: PairwiseSettings = opt(PairwiseSettings())
     max_grad_norm: float = opt(1.0, positive)
     target_kl: Optional[float] = opt(None, optional(positive), "stop a step's epochs early when approx KL exceeds it")
     score_clip: Optional[float] = opt(None, optional(positive), "clip scores to [-c, c]")

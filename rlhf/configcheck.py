@@ -58,6 +58,10 @@ def _check_rl(rl) -> None:
     if rl.algorithm in ("dpo", "ipo") and rl.target_kl is not None:
         raise UserError(f"config key 'rl.target_kl': value {rl.target_kl} stops the clipped methods' epochs; "
                         f"rl.algorithm {rl.algorithm} has no ratio to watch (set it to null)")
+    if rl.algorithm in ("dpo", "ipo") and rl.reward_model != "classifier":
+        raise UserError(f"config key 'rl.reward_model': value {shown(rl.reward_model)} is for the online methods "
+                        f"(ppo, rloo, grpo); rl.algorithm {rl.algorithm} trains on its pairs with no reward model "
+                        f"(set it to classifier)")
     if rl.pairs.source == "corpus" and not rl.pairs.corpus_column:
         raise UserError("config key 'rl.pairs.corpus_column': rl.pairs.source corpus needs the column of the "
                         "training data that holds the preferred rewording of each reference summary")

@@ -85,7 +85,7 @@ def make_pairs(lm, tokenizer, scorer, prompts: list[str], references: list[str],
     device = next(lm.parameters()).device
     start = lm.config.decoder_start_token_id
     pairs, why_not = [], {"no clean response": 0, "no toxic response": 0, "gap below margin": 0}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):  # torch.manual_seed seeds every GPU
         torch.manual_seed(seed)
         for i in range(0, len(prompts), cfg.batch_size):
             batch, refs = prompts[i:i + cfg.batch_size], references[i:i + cfg.batch_size]

@@ -88,13 +88,40 @@ def headline(ev: dict) -> dict:
     }
 
 
+def rl_reward(rl: dict | None) -> dict | None:
+    """Which reward the RL stage optimised (``rl.reward_model``; a run from before the key had the
+    classifier): ``{"model": "classifier"}``, or the pairwise model's pair counts and held-out pair
+    accuracy. None without a finished RL stage."""
+    if not rl:
+        return None
+    if rl.get("reward_model", "classifier") != "pairwise":
+        return {"model": "classifier", "algorithm": rl["algorithm"]}
+    pw = rl["pairwise"]
+    return {"model": "pairwise", "algorithm": rl["algorithm"],
+            **{k: pw[k] for k in ("heldout_pair_accuracy", "n_train", "n_heldout")}}
+
+
+def rl_reward_line(reward: dict | None) -> str:
+    """The reward in words, for report.md's headline."""
+    if reward is None:
+        return "unknown (no finished RL stage)"
+    if reward["model"] == "classifier":
+        if reward["algorithm"] in ("dpo", "ipo", "orpo", "cpo"):
+            return "preference pairs ranked by the reward stage's classifier (`reward model` above); no reward model"
+        return "the reward stage's classifier (`reward model` above)"
+    return (f"a pairwise Bradley-Terry model (TRL RewardTrainer) of {reward['n_train']} classifier-ranked pairs, "
+            f"held-out pair accuracy {reward['heldout_pair_accuracy']:.3f} on {reward['n_heldout']} pairs; "
+            f"`reward model` above is the reward stage's classifier, not it")
+
+
 def build_report(run_dir: str | Path) -> dict:
     """Gather every finished stage of ``run_dir`` into report.md / report.json / plots/*.png."""
     run_dir = Path(run_dir)
     stages = _load(run_dir)
     ev = stages["evaluate"]["metrics"]
     records = stages["evaluate"]["records"]
-    report = {"run_dir": str(run_dir), "headline": headline(ev), "protocol": ev["protocol"],
+    reward = rl_reward(stages["rl"].get("metrics"))
+    report = {"run_dir": str(run_dir), "headline": {**headline(ev), "rl_reward": reward}, "protocol": ev["protocol"],
               "rules": rules(ev), "examples": examples(records, ev["judges_run"], ev["n_examples"]),
               "stages": {k: v.get("metrics") for k, v in stages.items()},
               "run": {k: {"seconds": v["manifest"]["seconds"], "seed": v["manifest"]["seed"],
@@ -219,7 +246,8 @@ def _headline_md(report: dict, ev: dict) -> list[str]:
     if not ev["judges_run"]:
         why = "; ".join(f"{k}: {v}" for k, v in ev["judges_missing"].items()) or "none configured"
         lines.append(f"- Independent judge: not run ({why})")
-    lines.append(f"- KL(after || before): {ev['kl_after_vs_before']:.3f} nats per response ({ev['kl_on']})\n")
+    lines.append(f"- KL(after || before): {ev['kl_after_vs_before']:.3f} nats per response ({ev['kl_on']})")
+    lines.append(f"- The RL stage optimised: {rl_reward_line(h.get('rl_reward'))}\n")
     return lines
 
 
@@ -276,6 +304,6 @@ def _stage_md(name: str, stages: dict) -> str:
     if name == "reward":
         keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece") if k in m]
         return markdown_table([{k: m[k] for k in keys}]) if keys else f"pretrained `{m['pretrained']}`\n"
-    keys = ("algorithm", "steps", "greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before", "rougeL_after",
-            "kl_mean_final", "seconds")
+    keys = ("algorithm", "reward_model", "steps", "greedy_toxicity_before", "greedy_toxicity_after", "rougeL_before",
+            "rougeL_after", "kl_mean_final", "seconds")
     return markdown_table([{k: m.get(k) for k in keys}])

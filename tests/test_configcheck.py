@@ -77,6 +77,9 @@ def test_validate_is_called_for_configs_built_from_a_dict():
     (["rl.algorithm=ipo", "rl.group_size=2", "rl.toxic_share=0.5"], "'rl.toxic_share': value 0.5 is for the online"),
     (["rl.algorithm=dpo", "rl.group_size=2", "rl.target_kl=0.1"], "'rl.target_kl': value 0.1 stops the clipped"),
     (["rl.algorithm=dpo", "rl.group_size=2", "rl.pairs.k=1"], "'rl.pairs.k'"),
+    (["rl.algorithm=ipo", "rl.group_size=2", "rl.reward_model=pairwise"],
+     r"^config key 'rl.reward_model': value 'pairwise' is for the online methods \(ppo, rloo, grpo\); rl.algorithm "
+     r"ipo trains on its pairs with no reward model"),
 ])
 def test_preference_methods_refuse_what_they_cannot_honour(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -88,3 +91,13 @@ def test_preference_methods_refuse_what_they_cannot_honour(tmp_path, overrides, 
 def test_corpus_pairs_need_their_column(tmp_path):
     with pytest.raises(UserError, match="'rl.pairs.corpus_column': rl.pairs.source corpus needs the column"):
         load_config(write(tmp_path, {"seed": 1}), ["rl.algorithm=dpo", "rl.group_size=2", "rl.pairs.source=corpus"])
+
+
+def test_a_pairwise_reward_model_is_for_the_online_methods(tmp_path):
+    for overrides in ([], ["rl.algorithm=grpo", "rl.group_size=4"], ["rl.algorithm=rloo", "rl.group_size=2"]):
+        config = load_config(write(tmp_path, {"seed": 1}), [*overrides, "rl.reward_model=pairwise",
+                                                             "rl.pairwise.heldout_share=0.25"])
+        assert config.rl.reward_model == "pairwise" and config.rl.pairwise.heldout_share == 0.25
+    assert load_config(write(tmp_path, {"seed": 1})).rl.reward_model == "classifier"
+    with pytest.raises(UserError, match=r"'rl.pairwise.heldout_share'.*must be in \(0, 1\)"):
+        load_config(write(tmp_path, {"seed": 1}), ["rl.pairwise.heldout_share=0"])

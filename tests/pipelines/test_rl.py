@@ -69,15 +69,15 @@ def test_long_training_prompts_are_shortened_inside_the_template_and_reported(tm
 
 @pytest.fixture(scope="module")
 def dpo_run(finished_run, tmp_path_factory):
-    """The session's small run with its RL and evaluate stages redone by DPO on pairs of its SFT model's samples."""
+    """The session's small run with its RL and evaluate stages redone by DPO on the world's own pairs (the
+    same on every machine; pairs of samples ranked by a classifier are tested in tests/test_pairs.py: the
+    small world's classifier scores every sample within 0.542-0.547, so no threshold splits them everywhere)."""
     import dataclasses
 
     from pipelines import evaluate
 
     moved = copy_run(finished_run, tmp_path_factory.mktemp("dpo"))
-    # the small world's classifier scores every sample near 0.544 (0.542-0.547): a threshold inside that range
-    # splits them, which is all this test needs of it
-    pairs = dataclasses.replace(moved.rl.pairs, k=8, n_prompts=None, margin=0.0, clean_below=0.5445)
+    pairs = dataclasses.replace(moved.rl.pairs, source="corpus", corpus_column="neutral_summary")
     config = dataclasses.replace(moved, rl=dataclasses.replace(moved.rl, algorithm="dpo", group_size=2, batch_size=4,
                                                                mini_batch_size=2, epochs=1, toxic_share=None,
                                                                pairs=pairs))
@@ -95,8 +95,8 @@ def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path)
     pairs = read_pairs(folder / "pairs.jsonl")
     counts = json.loads((folder / "pairs.json").read_text())
     assert metrics["algorithm"] == "dpo" and metrics["pairs"]["pairs"] == counts["pairs"] == len(pairs) > 0
-    assert counts["prompts"] == 160 and counts["made_with"]["pairs"]["k"] == 8
-    assert all(p.rejected_toxicity >= 0.5445 > p.chosen_toxicity for p in pairs)
+    assert counts["prompts"] == 160 and counts["made_with"]["pairs"]["source"] == "corpus"
+    assert all(p.rejected == p.reference != p.chosen and p.made_by.startswith("corpus") for p in pairs)
     log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
     assert [row["step"] for row in log] == [1, 2, 3] and "objective/kl" not in log[0]
     assert log[0]["loss/policy"] == pytest.approx(0.6931, abs=0.01) and metrics["kl_mean_final"] is None
@@ -109,7 +109,7 @@ def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path)
     assert row["RL seconds"] == pytest.approx(metrics["seconds"] + counts["seconds"])
     assert "| dpo (beta=0.1, " in (tmp_path / "cmp" / "compare.md").read_text()
 
-    # --resume reads the pairs back rather than sampling again
+    # --resume reads the pairs back rather than making them again
     (folder / "pairs.jsonl").write_text((folder / "pairs.jsonl").read_text().splitlines()[0] + "\n")
     import dataclasses
 
@@ -118,10 +118,8 @@ def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path)
     assert len(read_pairs(folder / "pairs.jsonl")) == 1  # the (shortened) file was read, not remade
 
 
-def test_dpo_on_the_corpus_own_pairs_and_a_missing_column_is_one_line(dpo_run, tmp_path):
+def test_a_missing_corpus_column_is_one_line_before_anything_changes(dpo_run, tmp_path):
     import dataclasses
-
-    from rlhf.pairs import read_pairs
 
     config, _ = dpo_run
     moved = copy_run(config, tmp_path)
@@ -131,9 +129,75 @@ def test_dpo_on_the_corpus_own_pairs_and_a_missing_column_is_one_line(dpo_run, t
     with pytest.raises(UserError, match="'rl.pairs.corpus_column': column 'nope' is not in the training data"):
         rl_stage.main(bad, force=True)
     assert sorted(p.name for p in (moved.run_dir / "rl").iterdir()) == before  # refused before anything changed
-    good = dataclasses.replace(bad, rl=dataclasses.replace(bad.rl, pairs=dataclasses.replace(
-        pairs, corpus_column="neutral_summary")))
-    metrics = rl_stage.main(good, force=True)
-    made = read_pairs(moved.run_dir / "rl" / "pairs.jsonl")
-    assert metrics["pairs"]["pairs"] == len(made) > 0 and all(p.made_by.startswith("corpus") for p in made)
-    assert all(p.rejected == p.reference != p.chosen for p in made)
+
+
+@pytest.fixture(scope="module")
+def pairwise_run(finished_run, tmp_path_factory):
+    """The session's small run with its RL and evaluate stages redone by PPO against a pairwise reward model of
+    the data's own pairs (neutral_summary over summary: the same on every machine, where the small classifier's
+    scores of samples are not); the scorers the RL loop got."""
+    import dataclasses
+
+    from pipelines import evaluate
+
+    moved = copy_run(finished_run, tmp_path_factory.mktemp("pairwise"))
+    pairs = dataclasses.replace(moved.rl.pairs, source="corpus", corpus_column="neutral_summary")
+    pairwise = dataclasses.replace(moved.rl.pairwise, epochs=2, batch_size=8)
+    config = dataclasses.replace(moved, rl=dataclasses.replace(moved.rl, reward_model="pairwise", pairs=pairs,
+                                                               pairwise=pairwise))
+    scorers = []
+
+    class Recording(rl_stage.RLTrainer):
+        def __init__(self, policy, tokenizer, scorer, *args, **kwargs):
+            scorers.append(scorer)
+            super().__init__(policy, tokenizer, scorer, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rl_stage, "RLTrainer", Recording)
+        metrics = rl_stage.main(config, force=True)
+    evaluate.main(config)
+    return config, metrics, scorers
+
+
+def test_ppo_against_a_pairwise_reward_model_of_the_pairs(pairwise_run, tmp_path, capsys):
+    import dataclasses
+
+    from rlhf.compare import compare
+    from rlhf.pairs import read_pairs
+    from rlhf.pairwise import PairwiseScorer
+
+    config, metrics, scorers = pairwise_run
+    folder = config.run_dir / "rl"
+    assert [type(s) for s in scorers] == [PairwiseScorer]  # the loop optimised the pairwise model
+    pw, n_pairs = metrics["pairwise"], len(read_pairs(folder / "pairs.jsonl"))
+    assert metrics["reward_model"] == "pairwise" and metrics["algorithm"] == "ppo"
+    assert pw["n_train"] + pw["n_heldout"] == n_pairs == metrics["pairs"]["pairs"] and pw["n_heldout"] > 0
+    assert 0 <= pw["heldout_pair_accuracy"] <= 1 and pw["seconds"] > 0
+    assert 0 <= metrics["greedy_toxicity_before"] <= 1  # the stage's own figures stay the classifier's
+    assert (folder / "samples" / "step-2.md").is_file()
+    saved = folder / "pairwise_rm"
+    assert (saved / "model.safetensors").is_file() and not (saved / "trainer").exists()
+    assert json.loads((saved / "pairwise.json").read_text())["heldout_pair_accuracy"] == pw["heldout_pair_accuracy"]
+
+    report = json.loads((config.run_dir / "report.json").read_text())
+    assert report["headline"]["rl_reward"] == {"model": "pairwise", "algorithm": "ppo", "heldout_pair_accuracy":
+                                               pw["heldout_pair_accuracy"], "n_train": pw["n_train"],
+                                               "n_heldout": pw["n_heldout"]}
+    assert "- The RL stage optimised: a pairwise Bradley-Terry model" in (config.run_dir / "report.md").read_text()
+    row = compare([config.run_dir], tmp_path / "cmp")[0]
+    assert row["reward"] == "pairwise" and row["pairwise accuracy"] == pw["heldout_pair_accuracy"]
+    assert row["RL seconds"] == pytest.approx(metrics["seconds"] + metrics["pairs"]["seconds"] + pw["seconds"])
+    assert "| pairwise (held-out pair acc. " in (tmp_path / "cmp" / "compare.md").read_text()
+
+    # --resume reads the model back rather than training it again
+    capsys.readouterr()
+    longer = dataclasses.replace(config, rl=dataclasses.replace(config.rl, steps=4))
+    assert rl_stage.main(longer, resume=True, force=True)["pairwise"] == pw
+    assert f"rl: pairwise reward model read from {saved}" in capsys.readouterr().out
+
+
+def test_a_classifier_run_names_its_reward(finished_run):
+    assert json.loads((finished_run.run_dir / "rl" / "metrics.json").read_text())["reward_model"] == "classifier"
+    report = json.loads((finished_run.run_dir / "report.json").read_text())
+    assert report["headline"]["rl_reward"] == {"model": "classifier", "algorithm": "ppo"}
+    assert "- The RL stage optimised: the reward stage's classifier" in (finished_run.run_dir / "report.md").read_text()

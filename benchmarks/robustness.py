@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.compare import cpu_description  # noqa: E402
+from rlhf.compare import rl_seconds  # noqa: E402
 from rlhf.protocol import REWARD_MODEL as RM  # noqa: E402
 
 JUDGE = "profanity_check"
@@ -185,7 +186,7 @@ def main() -> int:
             rows.append((shown, seconds, results, met, rl))
     if not rows:
         return 1
-    # RL stage s: its training steps, and DPO / IPO's pair-making before them
+    # RL stage s: its training steps, and the pair-making and pairwise model before them (rlhf.compare.rl_seconds)
     header = ["run", "minutes", "RL stage s", "RL peak MiB", *[name for name, _, _ in rows[0][2]], "all met"]
     lines = [f"Machine: {cpu_description()['model']}, {os.cpu_count()} cores; "
              f"`python benchmarks/robustness.py --runs {args.runs}"
@@ -193,7 +194,7 @@ def main() -> int:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, seconds, results, met, rl in rows:
         cells = [f"{shown} {'✓' if ok else '✗'}" for _, shown, ok in results]
-        lines.append("| " + " | ".join([label, f"{seconds / 60:.1f}", f"{rl['seconds'] + rl.get('pairs', {}).get('seconds', 0):.0f}",
+        lines.append("| " + " | ".join([label, f"{seconds / 60:.1f}", f"{rl_seconds(rl):.0f}",
                                         f"{rl['peak_memory_mb']:.0f}", *cells, "yes" if met else "**no**"]) + " |")
     table = "\n".join(lines) + "\n"
     print(table)

@@ -152,6 +152,14 @@ def _train(trainer, scorer, progress, cfg, config, test, stage_dir: Path, ckpt_d
                 _write_samples(trainer, scorer, test, config, stage_dir / "samples" / f"step-{trainer.step_count}.md")
 
 
+def _pairs_made_with(config: ExperimentConfig) -> dict:
+    """The settings the pairs are made under, recorded beside them (and the pairwise model trained on
+    them): a --resume reuses them only when these are the same."""
+    cfg = config.rl
+    return {"seed": config.seed, "start_from": cfg.start_from, "max_new_tokens": cfg.max_new_tokens,
+            "pairs": to_dict(cfg.pairs)}
+
+
 def _pairs(policy, tokenizer, scorer, prompts: list[str], train, config: ExperimentConfig, folder: Path,
            resume: bool, main_process: bool, say) -> tuple[list, dict]:
     """DPO / IPO's preference pairs for the training ``prompts`` (rows of ``train``): made from the
@@ -160,9 +168,7 @@ def _pairs(policy, tokenizer, scorer, prompts: list[str], train, config: Experim
     on ``--resume`` read back when they were made under the same settings. Every process makes the
     same pairs (the same seed); the main one writes them."""
     path, counts_path = folder / "pairs.jsonl", folder / "pairs.json"
-    cfg = config.rl
-    made_with = {"seed": config.seed, "start_from": cfg.start_from, "max_new_tokens": cfg.max_new_tokens,
-                 "pairs": to_dict(config)["rl"]["pairs"]}
+    cfg, made_with = config.rl, _pairs_made_with(config)
     if resume and path.is_file() and counts_path.is_file():
         counts = json.loads(counts_path.read_text(encoding="utf-8"))
         if counts.get("made_with") == made_with:
@@ -201,8 +207,7 @@ def _pairwise(pairs: list, config: ExperimentConfig, reward_dir: Path, folder: P
     cfg = config.rl
     init, settings = reward_model_path(config.reward, reward_dir), with_learning_rate(cfg.pairwise,
                                                                                       config.reward.learning_rate)
-    made_with = {"seed": config.seed, "start_from": cfg.start_from, "max_new_tokens": cfg.max_new_tokens,
-                 "pairs": to_dict(cfg.pairs), "pairwise": to_dict(settings), "init_from": init,
+    made_with = {**_pairs_made_with(config), "pairwise": to_dict(settings), "init_from": init,
                  "score_with_prompt": config.reward.score_with_prompt}
     info_path = folder / "pairwise.json"
     if resume and info_path.is_file():

@@ -33,6 +33,12 @@ def _read(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({err})") from None
 
 
+def rl_seconds(rl: dict) -> float:
+    """The RL stage's training time from its ``metrics.json``: its steps, and the pair-making (DPO /
+    IPO, pairwise) and the pairwise model's training before them."""
+    return rl["seconds"] + sum(rl.get(part, {}).get("seconds", 0.0) for part in ("pairs", "pairwise"))
+
+
 def run_row(run_dir: Path) -> dict:
     """The compared figures of one finished run."""
     report, rl = _read(run_dir / "report.json"), _read(run_dir / "rl" / "metrics.json")
@@ -63,8 +69,7 @@ def run_row(run_dir: Path) -> dict:
     if q.get("perplexity"):
         row["perplexity"] = q["perplexity"]["after"]
     row["KL"] = h["kl_after_vs_before"]
-    # the stage's training steps, and the pair-making (DPO / IPO, pairwise) and pairwise model's training before them
-    row["RL seconds"] = rl["seconds"] + sum(rl.get(part, {}).get("seconds", 0.0) for part in ("pairs", "pairwise"))
+    row["RL seconds"] = rl_seconds(rl)
     row["RL peak MiB"] = rl["peak_memory_mb"]
     return row
 

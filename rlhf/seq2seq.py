@@ -84,21 +84,14 @@ def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> torch.Tens
     return ~after_first_eos
 
 
-def encode_responses(tokenizer, texts: list[str], max_tokens: int,
+def encode_responses(tokenizer, texts: list[str], max_tokens: int | None = None,
                      device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Given response texts (preference pairs' chosen and rejected) as the sampler's output would
-    hold them -> (responses [B, T], response mask [B, T]): each tokenised with its EOS, cut to
-    ``max_tokens`` (the EOS kept last), right-padded with the pad token."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    rows = []
-    for ids in tokenizer(texts, add_special_tokens=False).input_ids:
-        rows.append(torch.tensor(ids[:max_tokens - 1] + [eos], dtype=torch.long))
-    width = max((len(r) for r in rows), default=1)
-    responses = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        responses[i, :len(r)], mask[i, :len(r)] = r, True
-    return responses.to(device), mask.to(device)
+    """Response texts (preference pairs', or any to score) as the sampler's output would hold them
+    -> (responses [B, T], response mask [B, T]): each tokenised with its EOS (cut to ``max_tokens``,
+    the EOS kept last), right-padded with the pad token, the mask True up to and including the EOS."""
+    cut = {} if max_tokens is None else {"truncation": True, "max_length": max_tokens}
+    r = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", **cut).input_ids
+    return r.to(device), response_mask_from(r, tokenizer.eos_token_id).to(device)
 
 
 def decoder_inputs(responses: torch.Tensor, start_token_id: int) -> torch.Tensor:
@@ -233,8 +226,7 @@ def token_logprobs(lm, queries: Queries, responses: torch.Tensor, start_token_id
 def _text_logprobs(lm, tokenizer, texts: list[str], **inputs) -> list[torch.Tensor]:
     """Per-token logprobs (fp32, on the CPU) of each of ``texts``, tokenised with its EOS, under
     ``lm`` given ``inputs`` (prompt ids or encoder states, one row per text, on ``lm``'s device)."""
-    r = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right").input_ids
-    mask = response_mask_from(r, tokenizer.eos_token_id)
+    r, mask = encode_responses(tokenizer, texts)
     r = r.to(next(lm.parameters()).device)
     logits = lm(**inputs, decoder_input_ids=decoder_inputs(r, lm.config.decoder_start_token_id), use_cache=False).logits
     lp = logprobs_from_logits(logits.float(), r).cpu()

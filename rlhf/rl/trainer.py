@@ -155,8 +155,7 @@ class RLTrainer:
             scored = score_responses(self.policy, queries, responses, response_mask, self.start_token,
                                      cfg.mini_batch_size, states, shared_encoder=cfg.frozen_encoder, group_size=k)
         total = (lambda t: self.accelerator.reduce(t, "sum")) if self.accelerator.num_processes > 1 else None
-        kl_coef = (self.kl_ctl.value if self.algorithm.kl_in_reward  # GRPO: a loss term; DPO / IPO: none
-                   else cfg.grpo.kl_coef if cfg.algorithm == "grpo" else 0.0)
+        kl_coef = self.kl_ctl.value if self.algorithm.kl_in_reward else cfg.grpo.kl_coef  # DPO / IPO: unused
         targets = self.algorithm.targets(scores, scored.logprobs, scored.ref_logprobs, scored.values, response_mask,
                                          kl_coef, sum_over_processes=total)
         mean_kl = self.gather_mean(targets.kl.sum(-1))

@@ -5,6 +5,7 @@ from rlhf.config import config_from_dict
 from rlhf.data import load_splits, toxic_flags
 from rlhf.models import load_tokenizer
 from rlhf.rl.model import build_policy
+from rlhf.rl.checkpoint import read_checkpoint
 from rlhf.rl.ptx import ptx_pairs
 from rlhf.rl.trainer import RLTrainer
 from rlhf.prompts import format_prompt
@@ -42,3 +43,26 @@ def make(tmp_path, scorer=None, with_ptx=True, **ppo):
     trainer = RLTrainer(policy, tokenizer, scorer or WordCountScorer(), prompts, config.rl, seed=config.seed,
                          max_input_length=256, toxic=flags if config.rl.toxic_share else None, ptx=ptx)
     return trainer, config
+
+
+def straight_and_resumed(make_trainer, tmp_path, before: int, after: int):
+    """Two trainers built by ``make_trainer(folder)`` from the same seed: one stepped ``before + after``
+    times straight; one stepped ``before`` times, checkpointed, and the checkpoint applied to a third
+    built under other RNG state (a fresh process), which then steps ``after`` times. Returns
+    (straight, resumed, the resumed one's step count right after the checkpoint was applied)."""
+    torch.manual_seed(0)
+    straight = make_trainer(tmp_path / "a")
+    for _ in range(before + after):
+        straight.step()
+    torch.manual_seed(0)
+    first = make_trainer(tmp_path / "b")
+    for _ in range(before):
+        first.step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    torch.manual_seed(123)  # a fresh process: other RNG state
+    resumed = make_trainer(tmp_path / "c")
+    resumed.apply_checkpoint(read_checkpoint(tmp_path / "ckpt"))
+    at = resumed.step_count
+    for _ in range(after):
+        resumed.step()
+    return straight, resumed, at

@@ -9,7 +9,6 @@ from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
 from rlhf.pairs import Pair
 from rlhf.prompts import format_prompt
-from rlhf.rl.checkpoint import read_checkpoint
 from rlhf.rl.model import build_policy
 from rlhf.rl.preference import PreferenceTrainer
 from rlhf.rl.rollout import score_responses
@@ -17,7 +16,7 @@ from rlhf.seq2seq import encode_queries, encode_responses
 from rlhf.tinyworld.build import resolve_tinyworld
 
 from ..conftest import small_raw
-from .conftest import PPO, WordCountScorer
+from .conftest import PPO, WordCountScorer, straight_and_resumed
 
 DPO = {**PPO, "algorithm": "dpo", "group_size": 2, "batch_size": 8, "mini_batch_size": 4, "epochs": 1,
        "max_new_tokens": 48}  # the whole of a summary and its insult
@@ -68,19 +67,7 @@ def test_a_step_starts_at_the_reference_and_moves_toward_the_chosen(tmp_path, al
 
 
 def test_a_preference_run_resumes_as_a_straight_run(tmp_path):
-    torch.manual_seed(0)
-    straight, _ = make(tmp_path / "a")
-    for _ in range(3):
-        straight.step()
-    torch.manual_seed(0)
-    first, _ = make(tmp_path / "b")
-    first.step()
-    first.save_checkpoint(tmp_path / "ckpt")
-    torch.manual_seed(123)
-    resumed, _ = make(tmp_path / "c")
-    resumed.apply_checkpoint(read_checkpoint(tmp_path / "ckpt"))
-    for _ in range(2):
-        resumed.step()
+    straight, resumed, _ = straight_and_resumed(lambda folder: make(folder)[0], tmp_path, before=1, after=2)
     for (name, a), b in zip(straight.policy.trainable_state_dict().items(), resumed.policy.trainable_state_dict().values()):
         torch.testing.assert_close(a, b, msg=name, atol=0, rtol=0)
 

@@ -13,7 +13,6 @@ from rlhf.config import config_from_dict
 from rlhf.data import load_splits
 from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
-from rlhf.rl.checkpoint import read_checkpoint
 from rlhf.rl.model import build_policy
 from rlhf.rl.rollout import score_responses
 from rlhf.rl.trainer import NonFiniteError, RLTrainer, mini_batches
@@ -22,7 +21,7 @@ from rlhf.seq2seq import encode_queries, logprobs_from_logits, masked_mean, samp
 from rlhf.tinyworld.build import resolve_tinyworld
 
 from ..conftest import small_raw
-from .conftest import PPO, WordCountScorer, make
+from .conftest import PPO, WordCountScorer, make, straight_and_resumed
 
 
 def rollout(trainer):
@@ -60,21 +59,8 @@ def test_step_reports_metrics(tmp_path):
 
 
 def test_resume_matches_straight_run(tmp_path):
-    torch.manual_seed(0)
-    straight, _ = make(tmp_path / "a")
-    for _ in range(4):
-        straight.step()
-    torch.manual_seed(0)
-    first, _ = make(tmp_path / "b")
-    for _ in range(2):
-        first.step()
-    first.save_checkpoint(tmp_path / "ckpt")
-    torch.manual_seed(123)  # a fresh process: other RNG state
-    resumed, _ = make(tmp_path / "c")
-    resumed.apply_checkpoint(read_checkpoint(tmp_path / "ckpt"))
-    assert resumed.step_count == 2
-    for _ in range(2):
-        resumed.step()
+    straight, resumed, at = straight_and_resumed(lambda folder: make(folder)[0], tmp_path, before=2, after=2)
+    assert at == 2
     for (name, a), b in zip(straight.policy.trainable_state_dict().items(), resumed.policy.trainable_state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
     assert straight.kl_ctl.value == resumed.kl_ctl.value
@@ -104,19 +90,7 @@ def test_group_methods_train_without_a_critic_and_encode_each_prompt_once(tmp_pa
 
 def test_a_group_method_resumes_as_a_straight_run(tmp_path):
     kw = dict(algorithm="grpo", group_size=2, batch_size=8, mini_batch_size=4)
-    torch.manual_seed(0)
-    straight, _ = make(tmp_path / "a", **kw)
-    for _ in range(3):
-        straight.step()
-    torch.manual_seed(0)
-    first, _ = make(tmp_path / "b", **kw)
-    first.step()
-    first.save_checkpoint(tmp_path / "ckpt")
-    torch.manual_seed(123)
-    resumed, _ = make(tmp_path / "c", **kw)
-    resumed.apply_checkpoint(read_checkpoint(tmp_path / "ckpt"))
-    for _ in range(2):
-        resumed.step()
+    straight, resumed, _ = straight_and_resumed(lambda folder: make(folder, **kw)[0], tmp_path, before=1, after=2)
     for (name, a), b in zip(straight.policy.trainable_state_dict().items(), resumed.policy.trainable_state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
 

@@ -45,7 +45,7 @@ def responses(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> di
     """{"greedy": [n], "samples": [n][k]} for ``prompts`` (samples empty lists when k = 0)."""
     cfg = config.evaluate
     common = dict(max_new_tokens=cfg.max_new_tokens or config.sft.max_new_tokens, batch_size=cfg.batch_size,
-                  max_input_length=config.model.max_input_length)
+                  max_input_length=config.model.max_input_length, compile=config.model.compile_decoding)
     greedy = generate(lm, tokenizer, prompts, GenerationSetting("greedy"), seed=config.seed, **common).texts
     samples: list[list[str]] = [[] for _ in prompts]
     if cfg.n_samples:
@@ -63,7 +63,7 @@ def kl_samples(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> l
     setting = GenerationSetting("kl_sample", do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
     return generate(lm, tokenizer, prompts, setting, seed=config.seed + 2, batch_size=config.evaluate.batch_size,
                     max_new_tokens=config.evaluate.max_new_tokens or config.sft.max_new_tokens,
-                    max_input_length=config.model.max_input_length).texts
+                    max_input_length=config.model.max_input_length, compile=config.model.compile_decoding).texts
 
 
 def _flat(side: dict) -> list[str]:

@@ -41,7 +41,8 @@ def main(config: ExperimentConfig) -> dict:
         for setting in cfg.settings:
             gens = generate(model, tokenizer, prompts, setting, max_new_tokens=cfg.max_new_tokens,
                             batch_size=cfg.batch_size, max_input_length=config.model.max_input_length,
-                            seed=config.seed, desc=f"{mode_name(shots)} / {setting.name}")
+                            seed=config.seed, desc=f"{mode_name(shots)} / {setting.name}",
+                            compile=config.model.compile_decoding)
             rows += _rows_by_shots_held(shots, stats.shots_used, setting.name, gens, references)
             samples += [{"index": i, "mode": mode_name(stats.shots_used[i]), "asked": mode_name(shots),
                          "setting": setting.name, "output": text} for i, text in enumerate(gens.texts[: cfg.n_examples_shown])]

@@ -78,7 +78,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     stage = start_stage(config, "rl")
     common = dict(seed=config.seed, max_input_length=config.model.max_input_length, config_record=to_dict(config),
                   score_with_prompt=config.reward.score_with_prompt, mixed_precision=config.model.mixed_precision,
-                  ptx=ptx)
+                  ptx=ptx, compile_decoding=config.model.compile_decoding)
     pair_counts = pairwise = None
     if wants_pairs:
         pairs, pair_counts = _pairs(policy, tokenizer, scorer, prompts, splits["train"], config, stage.dir, resume,
@@ -186,7 +186,8 @@ def _pairs(policy, tokenizer, scorer, prompts: list[str], train, config: Experim
             pairs, counts = make_pairs(lm, tokenizer, scorer, [prompts[i] for i in idx], [summaries[i] for i in idx],
                                        cfg.pairs, max_new_tokens=cfg.max_new_tokens,
                                        max_input_length=config.model.max_input_length, seed=config.seed,
-                                       score_with_prompt=config.reward.score_with_prompt, log=say)
+                                       score_with_prompt=config.reward.score_with_prompt, log=say,
+                                       compile_decoding=config.model.compile_decoding)
         how = f"{counts['k']} samples of each"
     counts["seconds"], counts["made_with"] = round(time.perf_counter() - start, 2), made_with
     if main_process:

@@ -79,7 +79,7 @@ def main(config: ExperimentConfig, resume: bool = False, force: bool = False) ->
     for name, model in [("base", base)] + [(v.name, load_variant(config, v, stage_dir)) for v in config.sft.variants]:
         gens = generate(model, tokenizer, prompts, GenerationSetting("greedy"), max_new_tokens=config.sft.max_new_tokens,
                         batch_size=config.sft.eval_batch_size, max_input_length=config.model.max_input_length,
-                        seed=config.seed, desc=f"evaluate {name}")
+                        seed=config.seed, desc=f"evaluate {name}", compile=config.model.compile_decoding)
         info = trained.get(name) or {**count_parameters(base), "trainable_params": 0, "trainable_pct": 0.0,
                                      "train_seconds": 0.0, "train_memory_mb": None,
                                      "peak_memory_mb": None}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.config import GenerationSetting
+from rlhf.decoding import decoder_for, greedy, nucleus
 from rlhf.progress import Progress
 
 
@@ -32,13 +33,15 @@ def generation_kwargs(setting: GenerationSetting, max_new_tokens: int) -> dict:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], setting: GenerationSetting, *, max_new_tokens: int,
              batch_size: int, max_input_length: int, seed: int, desc: str | None = None,
-             num_return_sequences: int = 1) -> Generations:
+             num_return_sequences: int = 1, compile: bool = False) -> Generations:
     """Generate for ``prompts`` in length-sorted batches; outputs come back in prompt order.
 
     Encoder inputs are right-padded (T5's native side) and go to the model's device. Special
     tokens are stripped from the text. With ``num_return_sequences`` = k > 1 (sampling), the
     encoder runs once per prompt and each prompt gets k responses; ``batch_size`` then counts
-    responses, so a batch holds ``batch_size // k`` prompts (at least one).
+    responses, so a batch holds ``batch_size // k`` prompts (at least one). A T5 decodes greedy and
+    sampled settings with :class:`rlhf.decoding.Decoder` (the same tokens as ``generate`` from the
+    same random state; its step compiled with ``compile``); beam search goes through ``generate``.
     """
     torch.manual_seed(seed)
     k = num_return_sequences
@@ -57,8 +60,7 @@ def generate(model, tokenizer, prompts: list[str], setting: GenerationSetting, *
         idx = order[b:b + per_batch]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                         max_length=max_input_length).to(device)
-        out = model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+        out = _decode(model, tokenizer, enc, setting, kwargs, k, compile)
         new_tokens += int((out[:, 1:] != tokenizer.pad_token_id).sum())
         texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         for j, i in enumerate(idx):
@@ -67,3 +69,17 @@ def generate(model, tokenizer, prompts: list[str], setting: GenerationSetting, *
     progress.close()
     return Generations(texts=[s[0] for s in samples], seconds=time.perf_counter() - start, new_tokens=new_tokens,
                        samples=samples if k > 1 else None)
+
+
+def _decode(model, tokenizer, enc, setting: GenerationSetting, kwargs: dict, k: int, compile: bool) -> torch.Tensor:
+    """One batch -> [rows, 1 + T] token ids, the decoder start token first, as ``generate`` returns."""
+    decoder = decoder_for(model, compile) if setting.num_beams == 1 else None
+    if decoder is None:
+        return model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    start = model.generation_config.decoder_start_token_id
+    start = model.config.decoder_start_token_id if start is None else start
+    states = model.get_encoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+    pick = nucleus(setting.temperature, setting.top_k, setting.top_p) if setting.do_sample else greedy
+    responses = decoder(states, enc.attention_mask, k, kwargs["max_new_tokens"], pick, tokenizer.eos_token_id,
+                        tokenizer.pad_token_id, start)
+    return torch.cat([responses.new_full((responses.shape[0], 1), start), responses], dim=1)

@@ -78,7 +78,7 @@ def draw_prompts(n: int, cfg: PairsSettings, seed: int) -> list[int]:
 @torch.no_grad()
 def make_pairs(lm, tokenizer, scorer, prompts: list[str], references: list[str], cfg: PairsSettings, *,
                max_new_tokens: int, max_input_length: int, seed: int, score_with_prompt: bool = False,
-               log=print) -> tuple[list[Pair], dict]:
+               log=print, compile_decoding: bool = False) -> tuple[list[Pair], dict]:
     """Pairs for ``prompts`` (with their reference summaries), and counts: prompts tried, pairs kept,
     and each reason a prompt gave none. Sampling is seeded (the same pairs on every run of a config);
     the process's RNG streams are left as they were."""
@@ -92,7 +92,8 @@ def make_pairs(lm, tokenizer, scorer, prompts: list[str], references: list[str],
             queries = encode_queries(tokenizer, batch, max_input_length, device)
             states = encoder_states(lm, queries, len(batch))
             responses, _ = sample_responses(lm, queries, max_new_tokens, tokenizer.eos_token_id,
-                                            tokenizer.pad_token_id, start, states=states, n=cfg.k)
+                                            tokenizer.pad_token_id, start, states=states, n=cfg.k,
+                                            compile=compile_decoding)
             texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
             asked = [p for p in batch for _ in range(cfg.k)]
             scores = scorer.score(scored_texts(asked, texts, score_with_prompt))

@@ -126,8 +126,9 @@ def compile_unavailable(device: torch.device) -> str | None:
         if importlib.util.find_spec("triton") is None:
             return "Triton is not installed"
     try:
-        x = torch.ones(4, device=device, requires_grad=True)
-        torch.compile(lambda t: (t * 2).sin().sum(), dynamic=False)(x).backward()
+        with torch.enable_grad():  # callers may probe from inside no_grad (generation)
+            x = torch.ones(4, device=device, requires_grad=True)
+            torch.compile(lambda t: (t * 2).sin().sum(), dynamic=False)(x).backward()
     except Exception as err:  # any failure of the toolchain means: run eagerly
         return f"{type(err).__name__}: {first_line(err)}"
     return None

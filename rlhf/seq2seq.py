@@ -7,7 +7,8 @@ goes through here:
 - **encode** prompts once (:func:`encode_queries`, :func:`encoder_states`: length-sorted chunks,
   each cut to its longest prompt);
 - **sample** responses from those states (:func:`sample_responses`, ``n`` per prompt from one
-  encoder pass) with their :func:`response_mask_from`;
+  encoder pass, a T5 decoding over a static cache: :mod:`rlhf.decoding`) with their
+  :func:`response_mask_from`;
 - **score** given responses: per-token logprobs and entropy under a model (:func:`token_logprobs`),
   with a LoRA adapter on (the policy) or off (the reference, :func:`reference`); and the same for
   response *texts* (:func:`text_logprobs`, :func:`response_nll`).
@@ -23,6 +24,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from rlhf.decoding import GumbelMax, decoder_for, gumbel_max
 
 # --------------------------------------------------------------------------------------------
 # Token maths on model outputs
@@ -147,36 +150,38 @@ def repeat_rows(queries: Queries, states: torch.Tensor | None, n: int) -> tuple[
 # --------------------------------------------------------------------------------------------
 
 
-class GumbelMax:
-    """A logits processor that turns greedy search into sampling from softmax(scores): the argmax
-    of scores + Gumbel(0, 1) noise is an exact sample (Gumbel 1954; Maddison et al. 2014,
-    "A* Sampling"). Same distribution as ``do_sample=True`` at temperature 1 without top-k/top-p,
-    but about 3x cheaper per step on CPU than ``torch.multinomial`` over a 32k vocabulary
-    (benchmarks/RESULTS.md). Processors that ran before it (e.g. the EOS ban of
-    ``min_new_tokens``) keep their -inf."""
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        uniform = torch.rand_like(scores, dtype=torch.float32)
-        return scores.float() - uniform.log_().neg_().log_()  # + Gumbel noise = -log(-log U)
-
-
 @torch.no_grad()
 def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
                      decoder_start_token_id: int, min_new_tokens: int = 0, states: torch.Tensor | None = None,
-                     n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                     n: int = 1, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` responses per query, sampled in one batched call from the full softmax (top_k=0,
     top_p=1, temperature=1; no min_length by default: forcing tokens past EOS lets an RL policy
     earn reward through negative KL) -> (responses [B * n, T], response mask [B * n, T]); rows
     ``i * n .. i * n + n - 1`` belong to query i. Padding after EOS is ``pad_token_id``.
 
     ``states``: ``lm``'s encoder outputs for the queries, if already computed (the encoder then
-    does not run again; with ``n`` > 1 the samples of a query share its states).
+    does not run again; with ``n`` > 1 the samples of a query share its states). A T5 decodes with
+    :class:`rlhf.decoding.Decoder` (the same tokens as ``generate`` under the same noise; its step
+    compiled with ``compile``), any other model with ``generate``.
     """
+    decoder = decoder_for(lm, compile)
+    if states is None and (n > 1 or decoder is not None):  # encode each prompt once, not once per sample
+        states = lm.get_encoder()(input_ids=queries.input_ids, attention_mask=queries.attention_mask).last_hidden_state
+    if decoder is not None:  # T5: the static-cache step; the n samples of a prompt share its cross-attention
+        responses = decoder(states, queries.attention_mask, n, max_new_tokens, gumbel_max, eos_token_id, pad_token_id,
+                            decoder_start_token_id, min_new_tokens)
+    else:
+        responses = _generate(lm, *repeat_rows(queries, states, n), max_new_tokens, eos_token_id, pad_token_id,
+                              decoder_start_token_id, min_new_tokens)
+    mask = response_mask_from(responses, eos_token_id)
+    return responses.masked_fill(~mask, pad_token_id), mask
+
+
+def _generate(lm, queries: Queries, states: torch.Tensor | None, max_new_tokens: int, eos_token_id: int,
+              pad_token_id: int, decoder_start_token_id: int, min_new_tokens: int) -> torch.Tensor:
+    """:func:`sample_responses` through ``transformers``' ``generate`` (a model that is not a T5)."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    if states is None and n > 1:  # encode each prompt once, not once per sample
-        states = lm.get_encoder()(input_ids=queries.input_ids, attention_mask=queries.attention_mask).last_hidden_state
-    queries, states = repeat_rows(queries, states, n)
     # sampling as greedy search over Gumbel-perturbed logits (GumbelMax), no top-k / top-p
     gen = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id,
@@ -184,9 +189,7 @@ def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: in
     extra = {} if states is None else {"encoder_outputs": as_encoder_outputs(states)}
     out = lm.generate(input_ids=queries.input_ids, attention_mask=queries.attention_mask, generation_config=gen,
                       logits_processor=LogitsProcessorList([GumbelMax()]), **extra)
-    responses = out[:, 1:]  # drop the decoder start token
-    mask = response_mask_from(responses, eos_token_id)
-    return responses.masked_fill(~mask, pad_token_id), mask
+    return out[:, 1:]  # drop the decoder start token
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rlhf.seq2seq import reference
 def greedy(lm, tokenizer, prompts: list[str], config: ExperimentConfig) -> list[str]:
     return generate(lm, tokenizer, prompts, GenerationSetting("greedy"), max_new_tokens=config.sft.max_new_tokens,
                     batch_size=config.rl.eval_batch_size, max_input_length=config.model.max_input_length,
-                    seed=config.seed).texts
+                    seed=config.seed, compile=config.model.compile_decoding).texts
 
 
 def before_after(policy, tokenizer, scorer, test: list[EvalDialogue], config: ExperimentConfig) -> dict:

@@ -89,12 +89,13 @@ class RLTrainer:
     def __init__(self, policy, tokenizer, scorer, prompts: list[str], cfg: RlConfig, *, seed: int,
                  max_input_length: int, score_with_prompt: bool = False, accelerator=None,
                  config_record: dict | None = None, mixed_precision: str = "no", toxic: list[bool] | None = None,
-                 ptx: PtxPairs | None = None):
+                 ptx: PtxPairs | None = None, compile_decoding: bool = False):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
         self.cfg, self.tokenizer, self.scorer, self.prompts = cfg, tokenizer, scorer, prompts
         self.seed, self.max_input_length, self.score_with_prompt = seed, max_input_length, score_with_prompt
+        self.compile_decoding = compile_decoding  # model.compile_decoding: the rollouts' decoding step compiled
         self.toxic = check_strata(toxic, cfg, len(prompts))
         if cfg.ptx_coef > 0 and not ptx:
             raise UserError(f"config key 'rl.ptx_coef': value {cfg.ptx_coef} needs supervised training pairs")
@@ -195,7 +196,8 @@ class RLTrainer:
             states = encoder_states(self.policy.lm, queries, max(1, cfg.mini_batch_size // k))
             responses, response_mask = sample_responses(
                 self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states, n=k)
+                self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states, n=k,
+                compile=self.compile_decoding)
         with timer("score"):
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             asked = [p for p in prompts for _ in range(k)]

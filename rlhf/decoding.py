@@ -1,0 +1,280 @@
+"""T5 decoding over a static KV cache: the per-token step every sampler of the project runs.
+
+``transformers``' ``generate`` decodes one token at a time through the whole model call stack
+(cache objects, mask builders, logits processors, stopping criteria), and with ``n`` samples per
+prompt it repeats each prompt's encoder states ``n`` times and projects cross-attention keys and
+values for every copy. Here the decoder's step is one small function over preallocated tensors:
+
+- **cross-attention keys and values** are projected once per prompt and shared by its ``n``
+  samples: the ``n`` queries of a prompt attend to them as one [n, S] block (Vaswani et al. 2017,
+  eq. 1), so no per-sample copy is ever made;
+- **self-attention keys and values** go into a cache allocated once for the longest response
+  (``[R, H, T, dh]`` per layer), written in place at step ``t``;
+- the step is **compiled** on request (``torch.compile``; CUDA graphs on a GPU, mode
+  "reduce-overhead"), shape-static over the cache so one graph serves every step; LoRA adapters
+  on or off (policy, reference) are two cached graphs, not a recompile per call.
+
+Run eagerly, the step computes what T5's own modules compute (it calls them: layer norms, the
+projections with their LoRA adapters, the feed-forward, the head; attention is the same SDPA call
+with the same relative-position bias), so the sampler draws the same tokens under the same noise
+as ``generate`` (tests/test_decoding.py). Shapes: B prompts, n samples per prompt, R = B * n
+rows, S prompt tokens, T response tokens, H heads, dh head width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Picker = Callable[[torch.Tensor], torch.Tensor]  # fp32 scores [R, V] -> next tokens [R]
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the next token
+# --------------------------------------------------------------------------------------------
+
+
+class GumbelMax:
+    """A logits processor that turns greedy search into sampling from softmax(scores): the argmax
+    of scores + Gumbel(0, 1) noise is an exact sample (Gumbel 1954; Maddison et al. 2014,
+    "A* Sampling"). Same distribution as ``do_sample=True`` at temperature 1 without top-k/top-p,
+    but about 3x cheaper per step on CPU than ``torch.multinomial`` over a 32k vocabulary
+    (benchmarks/RESULTS.md). Processors that ran before it (e.g. the EOS ban of
+    ``min_new_tokens``) keep their -inf."""
+
+    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+        uniform = torch.rand_like(scores, dtype=torch.float32)
+        return scores.float() - uniform.log_().neg_().log_()  # + Gumbel noise = -log(-log U)
+
+
+def greedy(scores: torch.Tensor) -> torch.Tensor:
+    """The most likely token."""
+    return scores.argmax(-1)
+
+
+def gumbel_max(scores: torch.Tensor) -> torch.Tensor:
+    """A sample from softmax(scores) (:class:`GumbelMax`): what the RL methods sample with."""
+    return GumbelMax()(None, scores).argmax(-1)
+
+
+def nucleus(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Picker:
+    """A sample after temperature, top-k and top-p (Holtzman et al. 2020), with ``transformers``'
+    own warpers in ``generate``'s order, then ``torch.multinomial``: the same draws as
+    ``generate(do_sample=True, ...)`` from the same random state."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
+        ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+
+    def pick(scores: torch.Tensor) -> torch.Tensor:
+        for warp in warpers:
+            scores = warp(None, scores)
+        return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+
+    return pick
+
+
+def base_t5(lm):
+    """The ``T5ForConditionalGeneration`` inside ``lm`` (a PEFT wrapper or the model itself), or
+    None when ``lm`` is not a T5 this decoder knows (then callers use ``generate``)."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    decoder = getattr(base, "decoder", None)
+    if getattr(base.config, "model_type", None) != "t5" or decoder is None or not hasattr(base, "lm_head"):
+        return None
+    return base
+
+
+class T5Step:
+    """One decoding step of a T5 decoder over caches held by the caller.
+
+    ``step(tokens [R], t [1] long, self_k, self_v, cross_k, cross_v, cross_mask, bias)`` -> fp32
+    logits [R, V] of the token after ``tokens`` at position ``t``; writes that position's self-
+    attention keys/values into ``self_k[l]``/``self_v[l]`` ([R, H, W, dh], W = the cache width the
+    step attends over). ``cross_k[l]``/``cross_v[l]`` [B, H, S, dh], ``cross_mask`` [B, 1, 1, S]
+    additive (0 or the dtype's min), ``bias`` [1, H, 1, W]: row ``t`` of the decoder's relative
+    position bias with the causal mask folded in (see :meth:`position_bias`).
+    """
+
+    def __init__(self, lm):
+        self.model = base_t5(lm)
+        if self.model is None:
+            raise ValueError("not a T5 encoder-decoder")
+        config = self.model.config
+        self.blocks = list(self.model.decoder.block)
+        self.heads, self.head_dim = config.num_heads, config.d_kv
+        self.scale_output = getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
+        self.model_dim = config.d_model
+
+    # ----------------------------------------------------------------------------------------
+    # Once per call: cross-attention keys/values, the position-bias table
+    # ----------------------------------------------------------------------------------------
+
+    def cross_kv(self, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """[B, S, d] encoder states -> per layer cross-attention keys and values [B, H, S, dh],
+        projected once per prompt (with the adapter state of this moment)."""
+        b, s, _ = states.shape
+        keys, values = [], []
+        for block in self.blocks:
+            attention = block.layer[1].EncDecAttention
+            keys.append(attention.k(states).view(b, s, self.heads, self.head_dim).transpose(1, 2))
+            values.append(attention.v(states).view(b, s, self.heads, self.head_dim).transpose(1, 2))
+        return keys, values
+
+    def position_bias(self, width: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """[1, H, W, W]: the decoder's relative position bias (its first block's, shared by every
+        block as in T5) with the causal mask folded in: entry (t, j) for j > t holds the dtype's
+        min, so row t serves step t over a cache of width W."""
+        attention = self.blocks[0].layer[0].SelfAttention
+        bias = attention.compute_bias(width, width, device=device).to(dtype)
+        future = torch.ones(width, width, dtype=torch.bool, device=device).triu(1)
+        return bias.masked_fill(future, torch.finfo(dtype).min)
+
+    # ----------------------------------------------------------------------------------------
+    # The step
+    # ----------------------------------------------------------------------------------------
+
+    def step(self, tokens: torch.Tensor, t: torch.Tensor, self_k: list[torch.Tensor], self_v: list[torch.Tensor],
+             cross_k: list[torch.Tensor], cross_v: list[torch.Tensor], cross_mask: torch.Tensor,
+             bias: torch.Tensor) -> torch.Tensor:
+        rows, (b, heads, dh) = tokens.shape[0], (cross_k[0].shape[0], self.heads, self.head_dim)
+        n = rows // b
+        decoder = self.model.decoder
+        x = decoder.dropout(decoder.embed_tokens(tokens[:, None]))  # [R, 1, d]
+        for layer, block in enumerate(self.blocks):
+            # self-attention over the cache, this position's keys/values written in place
+            sa = block.layer[0]
+            h = sa.layer_norm(x)
+            q = sa.SelfAttention.q(h).view(rows, 1, heads, dh).transpose(1, 2)
+            k = sa.SelfAttention.k(h).view(rows, 1, heads, dh).transpose(1, 2)
+            v = sa.SelfAttention.v(h).view(rows, 1, heads, dh).transpose(1, 2)
+            self_k[layer].index_copy_(2, t, k.to(self_k[layer].dtype))
+            self_v[layer].index_copy_(2, t, v.to(self_v[layer].dtype))
+            a = F.scaled_dot_product_attention(q, self_k[layer], self_v[layer], attn_mask=bias.to(q.dtype), scale=1.0)
+            x = x + sa.dropout(sa.SelfAttention.o(a.transpose(1, 2).reshape(rows, 1, heads * dh)))
+            x = _clamp_fp16(x)
+            # cross-attention: the n queries of a prompt against its keys/values, one [n, S] block
+            ca = block.layer[1]
+            h = ca.layer_norm(x)
+            q = ca.EncDecAttention.q(h).view(b, n, heads, dh).transpose(1, 2)  # [B, H, n, dh]
+            a = F.scaled_dot_product_attention(q, cross_k[layer], cross_v[layer], attn_mask=cross_mask.to(q.dtype),
+                                               scale=1.0)
+            x = x + ca.dropout(ca.EncDecAttention.o(a.transpose(1, 2).reshape(rows, 1, heads * dh)))
+            x = _clamp_fp16(x)
+            x = _clamp_fp16(block.layer[-1](x))  # feed-forward with its own norm and residual
+        x = decoder.dropout(decoder.final_layer_norm(x))
+        if self.scale_output:
+            x = x * (self.model_dim ** -0.5)
+        return self.model.lm_head(x)[:, 0].float()
+
+
+def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    """T5's guard against fp16 overflow (a no-op in any other dtype), as in ``T5Block``."""
+    if x.dtype != torch.float16:
+        return x
+    limit = torch.finfo(torch.float16).max - 1000
+    return x.clamp(-limit, limit)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+class Decoder:
+    """Samples from a T5 ``lm`` with :class:`T5Step`, eagerly or compiled (``compile=True``).
+
+    Compiled, the step is shape-static over a cache as wide as ``max_new_tokens`` (one graph for
+    every step; the batch and prompt widths are dynamic, so one compile serves calls of any size),
+    and on a GPU runs as CUDA graphs. If compiling is unavailable or fails, one line on stderr
+    says why and the step runs eagerly from then on.
+    """
+
+    def __init__(self, lm, compile: bool = False):
+        self.lm, self.step = lm, T5Step(lm)
+        self.compiled_step, self.asked_compile = None, compile
+        self.why_eager: str | None = None
+        if compile:
+            from rlhf.runtime import compile_unavailable
+
+            device = next(lm.parameters()).device
+            self.why_eager = compile_unavailable(device)
+            if self.why_eager is None:
+                mode = "reduce-overhead" if device.type == "cuda" else None
+                self.compiled_step = torch.compile(self.step.step, mode=mode, dynamic=None)
+            else:
+                print(f"decoding runs eagerly: torch.compile is unavailable ({self.why_eager})", file=sys.stderr)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compiled_step is not None
+
+    @torch.no_grad()
+    def __call__(self, states: torch.Tensor, attention_mask: torch.Tensor, n: int, max_new_tokens: int,
+                 pick: Picker, eos_token_id: int, pad_token_id: int, start_token_id: int,
+                 min_new_tokens: int = 0) -> torch.Tensor:
+        """[B, S, d] encoder states and their [B, S] mask -> responses [B * n, T <= max_new_tokens]
+        (rows ``i * n .. i * n + n - 1`` from prompt i; pad after each row's EOS), as ``generate``
+        would return them without the start token: the loop stops when every row has ended.
+        ``pick`` chooses each step's tokens from fp32 scores (greedy, Gumbel-max, nucleus...);
+        EOS is banned for the first ``min_new_tokens`` steps."""
+        b, device = states.shape[0], states.device
+        rows, width = b * n, max_new_tokens
+        cross_k, cross_v = self.step.cross_kv(states)
+        dtype = cross_k[0].dtype
+        cross_mask = torch.zeros(b, 1, 1, states.shape[1], dtype=dtype, device=device)
+        cross_mask.masked_fill_(~attention_mask.bool()[:, None, None, :], torch.finfo(dtype).min)
+        cache_shape = (rows, self.step.heads, width, self.step.head_dim)
+        self_k = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in self.step.blocks]
+        self_v = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in self.step.blocks]
+        bias_table = self.step.position_bias(width, dtype, device)
+        if self.compiled:
+            for cache in self_k + self_v:  # updated in place: CUDA graphs keep their address
+                torch._dynamo.mark_static_address(cache)
+        tokens = torch.full((rows,), start_token_id, dtype=torch.long, device=device)
+        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        out = []
+        for t in range(max_new_tokens):
+            position = torch.tensor([t], device=device)
+            logits = self._step(tokens, position, t, self_k, self_v, cross_k, cross_v, cross_mask, bias_table)
+            if t < min_new_tokens:
+                logits[:, eos_token_id] = float("-inf")
+            tokens = pick(logits).masked_fill(~unfinished, pad_token_id)
+            out.append(tokens)
+            unfinished &= tokens != eos_token_id
+            if not bool(unfinished.any()):
+                break
+        return torch.stack(out, dim=1) if out else torch.empty(rows, 0, dtype=torch.long, device=device)
+
+    def _step(self, tokens, position, t, self_k, self_v, cross_k, cross_v, cross_mask, bias_table):
+        """Eager: attend over the t + 1 positions written so far (the same keys ``generate`` sees).
+        Compiled: over the whole cache, the causal mask hiding what is not written yet."""
+        if self.compiled:
+            bias = bias_table.index_select(2, position)
+            try:
+                return self.compiled_step(tokens, position, self_k, self_v, cross_k, cross_v, cross_mask, bias)
+            except Exception as err:  # an op inductor cannot lower, a toolchain failure: eager from now on
+                from rlhf.errors import first_line
+
+                self.compiled_step, self.why_eager = None, f"{type(err).__name__}: {first_line(err)}"
+                print(f"decoding runs eagerly: compiling the step failed ({self.why_eager})", file=sys.stderr)
+        w = t + 1
+        return self.step.step(tokens, position, [c[:, :, :w] for c in self_k], [c[:, :, :w] for c in self_v],
+                              cross_k, cross_v, cross_mask, bias_table[:, :, t:t + 1, :w])
+
+
+_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def decoder_for(lm, compile: bool = False) -> Decoder | None:
+    """``lm``'s :class:`Decoder` (one per model and setting, so a compiled step is compiled once per
+    run), or None when ``lm`` is not a T5 (callers then use ``generate``)."""
+    if base_t5(lm) is None:
+        return None
+    decoder = _DECODERS.get(lm)
+    if decoder is None or decoder.asked_compile != compile:
+        decoder = _DECODERS[lm] = Decoder(lm, compile=compile)
+    return decoder

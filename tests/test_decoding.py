@@ -1,0 +1,189 @@
+"""The static-cache T5 decoder draws what ``generate`` draws, under the same noise."""
+
+import pytest
+import torch
+from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+import rlhf.generation as generation
+from rlhf.config import GenerationSetting, LoraConfig
+from rlhf.decoding import Decoder, decoder_for, greedy, gumbel_max, nucleus
+from rlhf.models import apply_lora
+from rlhf.seq2seq import Queries, _generate, reference, repeat_rows, response_mask_from, sample_responses
+
+EOS, PAD, START = 1, 0, 0
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    from rlhf.config import TinyWorldConfig
+    from rlhf.tinyworld.build import ensure_tinyworld
+
+    from .conftest import SMALL_WORLD, quiet
+
+    return AutoTokenizer.from_pretrained(ensure_tinyworld(TinyWorldConfig(**SMALL_WORLD), log=quiet) / "tokenizer")
+
+
+def t5(gated: bool = True, layers: int = 2, seed: int = 0, vocab: int = 97) -> T5ForConditionalGeneration:
+    """A random T5: gated-GELU and untied (Flan-T5's kind) or ReLU with a tied head (T5 1.0's)."""
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab, d_model=16, d_kv=4, d_ff=32, num_layers=layers, num_heads=3, dropout_rate=0.0,
+                      feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=not gated,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                      decoder_start_token_id=START, eos_token_id=EOS, pad_token_id=PAD)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def prompts(b: int = 6, s: int = 11, seed: int = 1) -> Queries:
+    """``b`` right-padded prompts of random lengths 2..s."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, s + 1, (b,), generator=g)
+    mask = (torch.arange(s)[None] < lengths[:, None]).long()
+    return Queries(torch.randint(2, 97, (b, s), generator=g) * mask, mask)
+
+
+def both(lm, q: Queries, n: int, max_new: int, min_new: int = 0, seed: int = 3):
+    """(generate's responses, the decoder's) for the same prompts from the same random state."""
+    out = []
+    for use_decoder in (False, True):
+        torch.manual_seed(seed)
+        if use_decoder:
+            r, _ = sample_responses(lm, q, max_new, EOS, PAD, START, min_new, n=n)
+        else:
+            states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+            r = _generate(lm, *repeat_rows(q, states, n), max_new, EOS, PAD, START, min_new)
+            r = r.masked_fill(~response_mask_from(r, EOS), PAD)
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("n,min_new", [(1, 0), (4, 0), (3, 5)])
+def test_the_decoder_samples_generates_tokens(gated, n, min_new):
+    expected, got = both(t5(gated), prompts(), n, max_new=24, min_new=min_new)
+    assert got.shape == expected.shape and torch.equal(got, expected)
+    assert (got != PAD).sum() > got.shape[0]  # sampled text, not only EOS
+    if min_new:
+        assert (got[:, :min_new] != EOS).all()
+
+
+def test_the_decoder_stops_when_every_row_has_ended():
+    """Even rows end at the first step, odd rows at the third: three steps, pad after each EOS."""
+    lm, q = t5(), prompts()
+    states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+    calls = []
+
+    def pick(scores):
+        calls.append(scores.shape)
+        step, rows = len(calls) - 1, torch.arange(scores.shape[0])
+        ends = (rows % 2 == 0) if step == 0 else (step == 2)
+        return torch.where(torch.as_tensor(ends), EOS, 7)
+
+    got = Decoder(lm)(states, q.attention_mask, 2, 24, pick, EOS, PAD, START)
+    assert len(calls) == 3 and calls[0] == (12, 97)
+    assert got[0].tolist() == [EOS, PAD, PAD] and got[1].tolist() == [7, 7, EOS]
+
+
+def test_adapter_on_and_off_each_match_generate():
+    """The policy (LoRA on) and its reference (LoRA off) from one model and one decoder."""
+    lm = apply_lora(t5(), LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q", "k", "v", "o"]))
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter: the two models differ
+    on, ref_on = both(lm, prompts(), 2, 16)
+    with reference(lm):
+        off, ref_off = both(lm, prompts(), 2, 16)
+    assert torch.equal(on, ref_on) and torch.equal(off, ref_off)
+    assert not torch.equal(on, off)
+    assert decoder_for(lm) is decoder_for(lm)  # one decoder per model
+
+
+@pytest.mark.parametrize("setting", [GenerationSetting("greedy"),
+                                     GenerationSetting("nucleus", do_sample=True, top_p=0.8),
+                                     GenerationSetting("warm", do_sample=True, temperature=0.7, top_k=20)])
+def test_generation_draws_what_generate_draws(setting, monkeypatch, tiny_tokenizer):
+    texts = ["a b c d", "e f", "g h i j k l m", "n"] * 3
+    lm, k = t5(vocab=len(tiny_tokenizer)), (1 if not setting.do_sample else 3)
+    kw = dict(max_new_tokens=12, batch_size=6, max_input_length=32, seed=7, num_return_sequences=k)
+    ours = generation.generate(lm, tiny_tokenizer, texts, setting, **kw)
+    monkeypatch.setattr(generation, "decoder_for", lambda *a, **k: None)
+    theirs = generation.generate(lm, tiny_tokenizer, texts, setting, **kw)
+    assert (ours.texts, ours.samples, ours.new_tokens) == (theirs.texts, theirs.samples, theirs.new_tokens)
+
+
+def test_pickers():
+    scores = torch.tensor([[0.0, 3.0, -1.0], [float("-inf"), 0.0, 1.0]])
+    assert greedy(scores).tolist() == [1, 2]
+    torch.manual_seed(0)
+    draws = torch.stack([gumbel_max(scores) for _ in range(4000)])
+    assert (draws[:, 1] != 0).all()  # -inf is never drawn
+    share = (draws[:, 0] == 1).float().mean().item()  # softmax([0, 3, -1])[1] = 0.936
+    assert share == pytest.approx(0.936, abs=0.02)
+    top1 = nucleus(top_k=1)
+    assert top1(scores).tolist() == [1, 2]
+
+
+def test_a_model_that_is_not_a_t5_decodes_with_generate():
+    torch.manual_seed(0)
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=97, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                   encoder_attention_heads=2, decoder_attention_heads=2,
+                                                   encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+                                                   pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2,
+                                                   decoder_start_token_id=2, forced_eos_token_id=None)).eval()
+    assert decoder_for(bart) is None
+    r, mask = sample_responses(bart, prompts(), 8, EOS, PAD, 2, n=2)
+    assert r.shape[0] == 12 and mask.shape == r.shape
+
+
+def test_compile_unavailable_decodes_eagerly_saying_why(monkeypatch, capsys):
+    import rlhf.runtime
+
+    monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: "no C++ compiler on PATH")
+    lm = t5()
+    decoder = Decoder(lm, compile=True)
+    assert not decoder.compiled
+    assert capsys.readouterr().err.strip() == ("decoding runs eagerly: torch.compile is unavailable "
+                                               "(no C++ compiler on PATH)")
+
+
+def test_a_compile_that_fails_falls_back_to_eager_once(monkeypatch, capsys):
+    import rlhf.runtime
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("inductor cannot lower this\nsecond line")
+        return run
+
+    monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: None)
+    monkeypatch.setattr(torch, "compile", broken)
+    lm, q = t5(), prompts()
+    decoder = Decoder(lm, compile=True)
+    assert decoder.compiled
+    states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+    torch.manual_seed(3)
+    got = decoder(states, q.attention_mask, 2, 10, gumbel_max, EOS, PAD, START)
+    assert not decoder.compiled
+    assert capsys.readouterr().err.count("decoding runs eagerly: compiling the step failed (RuntimeError: inductor "
+                                         "cannot lower this)") == 1
+    torch.manual_seed(3)
+    assert torch.equal(got, Decoder(lm)(states, q.attention_mask, 2, 10, gumbel_max, EOS, PAD, START))
+
+
+def test_the_compiled_step_matches_the_eager_one_where_compile_runs():
+    """Compiled, kernels may round differently: nearly every token the same (the share on the tiny
+    world is in benchmarks/RESULTS.md). Skipped where this machine cannot compile."""
+    from rlhf.runtime import compile_unavailable
+
+    why = compile_unavailable(torch.device("cpu"))
+    if why:
+        pytest.skip(f"torch.compile unavailable: {why}")
+    lm, q = t5(), prompts()
+    states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+    out = []
+    for compiled in (False, True):
+        torch.manual_seed(3)
+        out.append(Decoder(lm, compile=compiled)(states, q.attention_mask, 3, 12, gumbel_max, EOS, PAD, START))
+    assert out[0].shape == out[1].shape and (out[0] == out[1]).float().mean() >= 0.95
+

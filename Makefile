@@ -28,7 +28,7 @@ clean:
 PEER ?= $(HOME)/peer-trl011
 PEER_DIR := ../shared/peers/trl011
 
-.PHONY: bench bench-compare bench-limit peer-venv
+.PHONY: bench bench-compare bench-limit bench-decoding peer-venv
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ppo_step.py --steps 4 --rollout-compare
@@ -48,6 +48,10 @@ bench-compare: $(STAMP) peer-venv
 # peer's inputs when bench-compare has written them
 bench-limit: $(STAMP)
 	$(BIN)/python benchmarks/limit.py $(if $(wildcard $(PEER)/init_model),--model-in $(PEER)/init_model \
+		--tokenizer $(PEER)/tokenizer --prompts $(PEER)/prompts.jsonl)
+
+bench-decoding: $(STAMP)
+	$(BIN)/python benchmarks/decoding.py --world $(if $(wildcard $(PEER)/init_model),--model-in $(PEER)/init_model \
 		--tokenizer $(PEER)/tokenizer --prompts $(PEER)/prompts.jsonl)
 
 # Checks on real third-party data in ../shared/data (never copied into the repository; see benchmarks/RESULTS.md).

@@ -5,7 +5,10 @@
 #   3. two PPO steps shaped like configs/flan_t5_base_dialogsum.yaml: a random-weight T5 in flan-t5-base's
 #      shape with the real T5 tokenizer, DialogSum as the Hub serves it, a random roberta-base-shaped reward
 #      labelled nothate/hate (benchmarks/standins.py, from ../shared/data), the lab's PPO batch (16 prompts,
-#      4 epochs of 4 mini-batches, 64 new tokens), bf16 autocast, starting from the base model (no SFT).
+#      4 epochs of 4 mini-batches, 64 new tokens), bf16 autocast, starting from the base model (no SFT),
+#   4. decoding alone (benchmarks/decoding.py): transformers' generate vs our static-cache decoder, eager and
+#      compiled (CUDA graphs), at the lab's rollout shape (flan-t5-base, 16 prompts x 4 samples, 64 new
+#      tokens) and the tiny world's evaluate shape: tokens/s, the compile's cost, identical-token share.
 # Then prints, per run, the stage times, every PPO step's time and the peak GPU memory.
 #
 #   benchmarks/gpu_smoke.sh [--dry-run] [--device cuda|cpu] [--work DIR] [--only PHASE,...]
@@ -14,7 +17,7 @@
 #                  commands; run nothing
 #   --device cpu   the same commands on the CPU at toy sizes (checks this script, not a GPU)
 #   --work DIR     where stand-ins and runs go (default: a new folder under /tmp); never inside the repo
-#   --only LIST    run these phases, in this order (tiny-fp32, tiny-bf16, lab-ppo; default all three);
+#   --only LIST    run these phases, in this order (tiny-fp32, tiny-bf16, lab-ppo, decoding; default all);
 #                  each phase's figures are printed as soon as it ends
 # Environment: PYTHON (default .venv/bin/python), SHARED (default ../shared/data), RLHF_CACHE (tiny world
 # cache; the cuda run uses yours, so a built world is reused).
@@ -23,7 +26,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 SHARED="${SHARED:-$ROOT/../shared/data}"
-DEVICE=cuda DRY=0 WORK="" MADE_WORK=0 ONLY=tiny-fp32,tiny-bf16,lab-ppo
+DEVICE=cuda DRY=0 WORK="" MADE_WORK=0 ONLY=tiny-fp32,tiny-bf16,lab-ppo,decoding
 
 die() { echo "error: $*" >&2; exit 2; }
 
@@ -42,7 +45,8 @@ case "$DEVICE" in cuda|cpu) ;; *) die "--device must be cuda or cpu, not '$DEVIC
 IFS=, read -r -a PHASES <<< "$ONLY"
 [ ${#PHASES[@]} -gt 0 ] || die "--only needs at least one phase"
 for p in "${PHASES[@]}"; do
-  case "$p" in tiny-fp32|tiny-bf16|lab-ppo) ;; *) die "--only: unknown phase '$p' (tiny-fp32, tiny-bf16, lab-ppo)" ;; esac
+  case "$p" in tiny-fp32|tiny-bf16|lab-ppo|decoding) ;;
+    *) die "--only: unknown phase '$p' (tiny-fp32, tiny-bf16, lab-ppo, decoding)" ;; esac
 done
 [ -x "$PY" ] || die "no Python at $PY: run 'make install' (with a CUDA build of torch) or set PYTHON"
 [ -d "$SHARED/dialogsum" ] && [ -d "$SHARED/t5-tokenizer" ] ||
@@ -93,6 +97,7 @@ LAB=(output_dir="$RUNS" run_name=lab-ppo model.name="$STANDINS/t5" data.source="
      reward.pretrained="$STANDINS/roberta-hate" model.mixed_precision=bf16 rl.start_from=base rl.steps=2
      rl.save_steps=2 rl.sample_steps=2 rl.eval_n_dialogues=16)
 T5_SHAPE=base
+DECODING=(--device "$DEVICE" --shape base --k 4 --new-tokens 64 --rounds 3 --world)
 if [ "$DEVICE" = cpu ]; then  # toy sizes: this checks the script's plumbing in minutes
   TINY+=(tinyworld.n_dialogues=200 tinyworld.n_toxicity_texts=200 tinyworld.vocab_size=600 tinyworld.d_model=32
          tinyworld.d_ff=64 tinyworld.num_layers=1 tinyworld.num_heads=2 tinyworld.pretrain_steps=10
@@ -103,6 +108,7 @@ if [ "$DEVICE" = cpu ]; then  # toy sizes: this checks the script's plumbing in 
          rl.steps=2 rl.batch_size=8 rl.mini_batch_size=4 rl.epochs=1 rl.max_new_tokens=8 rl.save_steps=2
          rl.sample_steps=2 rl.eval_n_dialogues=4 evaluate.n_dialogues=8 evaluate.n_samples=2
          evaluate.bootstrap_resamples=100)
+  DECODING=(--device cpu --shape small --k 2 --new-tokens 8 --batch-size 4 --rounds 1)
   LAB+=(data.max_samples=32 rl.batch_size=4 rl.mini_batch_size=2 rl.epochs=1 rl.max_new_tokens=8
         rl.eval_n_dialogues=2)
 fi
@@ -134,11 +140,15 @@ lab_ppo() {
   rlhf reward "$ROOT/configs/flan_t5_base_dialogsum.yaml" "${LAB[@]}"
   rlhf rl "$ROOT/configs/flan_t5_base_dialogsum.yaml" "${LAB[@]}"
 }
+decoding() {
+  echo "+ python benchmarks/decoding.py ${DECODING[*]}"
+  [ "$DRY" = 1 ] || "$PY" "$ROOT/benchmarks/decoding.py" "${DECODING[@]}" | tee "$WORK/decoding.out"
+}
 
 cd "$ROOT"
 for p in "${PHASES[@]}"; do
   phase "$p" "${p//-/_}"
-  if [ "$DRY" = 0 ]; then
+  if [ "$DRY" = 0 ] && [ "$p" != decoding ]; then
     "$PY" "$ROOT/benchmarks/gpu_smoke.py" report "$RUNS/$p=$WORK/$p.nvsmi"
   fi
 done

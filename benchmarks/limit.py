@@ -11,7 +11,12 @@ without less or cheaper arithmetic. FLOPs: 2mkn per matmul, 4·B·H·L·S·E per
 beside them. Settings as benchmarks/ppo_step.py (the peer's: batch 16, mini-batch 4, 4 epochs,
 32 tokens, LoRA r=32 on q,v, fp32).
 
-    python benchmarks/limit.py [--steps N] [--frozen-encoder] [--model-in DIR --tokenizer DIR --prompts FILE]
+Each phase's **measured** time comes from further steps run without the recorder, by a second
+trainer built with ``--compile`` / ``--compile-decoding`` when asked (the same prompts, seeds and
+shapes: 32 tokens per response), so ``over_floor`` = measured / kernel floor per phase and for the step.
+
+    python benchmarks/limit.py [--steps N] [--timed-steps N] [--compile] [--compile-decoding] [--frozen-encoder]
+                               [--model-in DIR --tokenizer DIR --prompts FILE]
 """
 
 from __future__ import annotations
@@ -139,6 +144,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3, help="steps recorded (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timed-steps", type=int, default=3, help="unrecorded steps timed per phase (after a warm-up)")
+    ap.add_argument("--compile", action="store_true", help="the timed steps' update compiled (rl.compile)")
+    ap.add_argument("--compile-decoding", action="store_true",
+                    help="the timed steps' decoding step compiled (model.compile_decoding)")
     ap.add_argument("--frozen-encoder", action="store_true")
     ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
                     help="bf16 autocast: the floor then replays the bf16 kernels it recorded")
@@ -149,11 +158,14 @@ def main() -> None:
                     help="bench-compare's summary, for the peer's step time on this machine")
     args = ap.parse_args()
     args.batch_size, args.new_tokens = 16, 32
+    want_compile, want_compile_decoding = args.compile, args.compile_decoding
+    args.compile = args.compile_decoding = False  # the recorded steps run eagerly
     from rlhf.runtime import flush_denormals
 
     flush_denormals()
     torch.set_num_threads(args.threads)
-    tok, prompts = tokenizer_and_prompts(args.tokenizer, args.prompts, args.batch_size * (args.steps + 1))
+    tok, prompts = tokenizer_and_prompts(args.tokenizer, args.prompts,
+                                         args.batch_size * (args.steps + 1 + args.timed_steps + 1))
     args.steps += 1
     trainer = build_trainer(args, tok, prompts)
     trainer.step()  # warm-up
@@ -193,6 +205,14 @@ def main() -> None:
                              "gflop": phase_flops[p] / 1e9}
                          for p in sorted(set(phase_walls) | set(phase_floor))}}
     result["peak_floor_s"] = total_flops / 1e9 / result["peak_gemm_gflops"]
+    if args.timed_steps:
+        timed = measured_phases(args, tok, prompts, want_compile, want_compile_decoding)
+        result.update(compile=want_compile, compile_decoding=want_compile_decoding,
+                      measured_step_s=timed.pop("step"), gen_tokens_per_s=timed.pop("gen_tokens_per_s"))
+        result["step_over_floor"] = result["measured_step_s"] / floor
+        for p, v in result["phases"].items():
+            if p in timed and v["kernel_floor_s"] > 0:
+                v.update(measured_s=timed[p], over_floor=timed[p] / v["kernel_floor_s"])
     compare = Path(args.compare_json)
     if compare.is_file():
         peer = json.loads(compare.read_text())
@@ -204,7 +224,29 @@ def main() -> None:
           flush=True)
     print("  by phase: " + ", ".join(f"{p} {v['recorded_s']:.2f} s (floor {v['kernel_floor_s']:.2f}, {v['gflop']:.0f} GFLOP)"
                                      for p, v in result["phases"].items()), flush=True)
+    if args.timed_steps:
+        print(f"  measured (unrecorded, compile {want_compile}, compile_decoding {want_compile_decoding}): step "
+              f"{result['measured_step_s']:.2f} s ({result['step_over_floor']:.2f}x floor); "
+              + ", ".join(f"{p} {v['measured_s']:.2f} s ({v['over_floor']:.2f}x)" for p, v in result["phases"].items()
+                          if "measured_s" in v), flush=True)
     print(json.dumps(result))
+
+
+def measured_phases(args, tok, prompts, compile: bool, compile_decoding: bool) -> dict:
+    """Median wall time per phase (and step) of ``args.timed_steps`` unrecorded steps after a
+    warm-up (which pays any compile), from a trainer built with the compile flags asked for."""
+    import argparse as _argparse
+
+    timed_args = _argparse.Namespace(**{**vars(args), "compile": compile, "compile_decoding": compile_decoding,
+                                        "steps": args.timed_steps + 1})
+    trainer = build_trainer(timed_args, tok, prompts)
+    trainer.step()  # warm-up
+    rows = [trainer.step() for _ in range(args.timed_steps)]
+    out = {k.removeprefix("time/"): statistics.median(r[k] for r in rows)
+           for k in rows[0] if k.startswith("time/") and k != "time/step"}
+    out["step"] = statistics.median(r["time/step"] for r in rows)
+    out["gen_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in rows)
+    return out
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def build_trainer(args, tok, prompts):
     torch.manual_seed(0)
     policy = Policy(apply_lora(lm, cfg.lora, decoder_only=cfg.frozen_encoder), ValueHead(lm.config.d_model)).eval()
     return RLTrainer(policy, tok, WordsReward(), prompts, cfg, seed=0, max_input_length=512,
-                      mixed_precision=getattr(args, "mixed_precision", "no"))
+                      mixed_precision=getattr(args, "mixed_precision", "no"),
+                      compile_decoding=getattr(args, "compile_decoding", False))
 
 
 def rollout_compare(trainer, reps: int = 2) -> dict:
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--rollout-compare", action="store_true", help="also time per-prompt generation")
     ap.add_argument("--frozen-encoder", action="store_true", help="LoRA on the decoder only (rl.frozen_encoder)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the update's forward/backward (rl.compile)")
+    ap.add_argument("--compile-decoding", action="store_true",
+                    help="torch.compile the rollout's per-token decoding step (model.compile_decoding)")
     ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
                     help="bf16 autocast over fp32 master weights (model.mixed_precision)")
     args = ap.parse_args()
@@ -159,7 +162,7 @@ def main() -> None:
     med = lambda key: statistics.median(r[key] for r in rest)  # noqa: E731
     result = {
         "steps": args.steps, "mixed_precision": args.mixed_precision, "frozen_encoder": args.frozen_encoder,
-        "compiled": trainer.policy.compiled, "batch_size": args.batch_size, "new_tokens": args.new_tokens, "threads": args.threads,
+        "compiled": trainer.policy.compiled, "compile_decoding": args.compile_decoding, "batch_size": args.batch_size, "new_tokens": args.new_tokens, "threads": args.threads,
         "median_step_s": med("wall_s"), "first_step_s": rows[0]["wall_s"], "generate_s": med("time/generate"),
         "score_s": med("time/score"), "forward_s": med("time/forward"), "update_s": med("time/update"),
         "gen_tokens_per_s": statistics.median(args.batch_size * args.new_tokens / r["time/generate"] for r in rest),

@@ -18,6 +18,17 @@ def test_ppo_step_benchmark_prints_its_figures(tmp_path):
         assert result[key] > 0
 
 
+@pytest.mark.slow
+def test_decoding_benchmark_times_generate_eager_and_compiled(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decoding.py"), "--batch-size", "2", "--k", "2",
+                          "--new-tokens", "4", "--rounds", "1"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])["rollout"]
+    assert result["eager_equals_generate"] and set(result["sides"]) == {"generate", "eager", "compiled"}
+    assert result["kernel_floor_s"] > 0 and all(s["tokens_per_s"] > 0 for s in result["sides"].values())
+
+
 def test_kernel_floor_records_every_matmul_with_its_flops_and_replays_it():
     import torch
 

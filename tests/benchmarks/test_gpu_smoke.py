@@ -29,6 +29,7 @@ def test_dry_run_checks_every_command_and_runs_nothing(tmp_path):
     out = run_script("--dry-run", "--device", "cpu", "--work", str(tmp_path / "w"), shared=fake_shared(tmp_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("+ rlhf ") == 4 and "tiny-bf16 model.mixed_precision=bf16" in out.stdout
+    assert "+ python benchmarks/decoding.py --device cpu" in out.stdout and "== decoding" in out.stdout
     assert "dry run: every command's overrides are valid" in out.stdout
     assert not (tmp_path / "w" / "runs").exists()
 

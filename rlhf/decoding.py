@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+RECOMPILE_LIMIT = 64  # graphs of the compiled step per process (see Decoder)
 Picker = Callable[[torch.Tensor], torch.Tensor]  # fp32 scores [R, V] -> next tokens [R]
 
 
@@ -188,8 +189,8 @@ class Decoder:
     """Samples from a T5 ``lm`` with :class:`T5Step`, eagerly or compiled (``compile=True``).
 
     Compiled, the step is shape-static over a cache as wide as ``max_new_tokens`` (one graph for
-    every step; the batch and prompt widths are dynamic, so one compile serves calls of any size),
-    and on a GPU runs as CUDA graphs. If compiling is unavailable or fails, one line on stderr
+    every step of a call; after a call of another size, one recompile with dynamic shapes serves
+    every size), and on a GPU runs as CUDA graphs. If compiling is unavailable or fails, one line on stderr
     says why and the step runs eagerly from then on.
     """
 
@@ -203,6 +204,11 @@ class Decoder:
             device = next(lm.parameters()).device
             self.why_eager = compile_unavailable(device)
             if self.why_eager is None:
+                # a graph per model and adapter state (static shapes first, dynamic after a change): a run loads
+                # several models (base, SFT variants, policy with adapter on and off), more than dynamo's
+                # default 8 graphs per function, past which it would run the step eagerly without saying so
+                dynamo = torch._dynamo.config
+                dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
                 mode = "reduce-overhead" if device.type == "cuda" else None
                 self.compiled_step = torch.compile(self.step.step, mode=mode, dynamic=None)
             else:

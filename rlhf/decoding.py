@@ -228,6 +228,10 @@ class Decoder:
         ``pick`` chooses each step's tokens from fp32 scores (greedy, Gumbel-max, nucleus...);
         EOS is banned for the first ``min_new_tokens`` steps."""
         b, device = states.shape[0], states.device
+        if self.compiled:  # prompt widths in multiples of 8: inductor guards on that alignment (a recompile per flip)
+            pad = -states.shape[1] % 8
+            states = F.pad(states, (0, 0, 0, pad))
+            attention_mask = F.pad(attention_mask, (0, pad))
         rows, width = b * n, max_new_tokens
         cross_k, cross_v = self.step.cross_kv(states)
         dtype = cross_k[0].dtype
@@ -240,6 +244,9 @@ class Decoder:
         if self.compiled:
             for cache in self_k + self_v:  # updated in place: CUDA graphs keep their address
                 torch._dynamo.mark_static_address(cache)
+            for x in cross_k + cross_v:  # prompt widths vary from call to call: dynamic from the first compile
+                torch._dynamo.maybe_mark_dynamic(x, 2)
+            torch._dynamo.maybe_mark_dynamic(cross_mask, 3)
         tokens = torch.full((rows,), start_token_id, dtype=torch.long, device=device)
         unfinished = torch.ones(rows, dtype=torch.bool, device=device)
         out = []

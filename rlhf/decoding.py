@@ -16,8 +16,9 @@ values for every copy. Here the decoder's step is one small function over preall
 
 Run eagerly, the step computes what T5's own modules compute (it calls them: layer norms, the
 projections with their LoRA adapters, the feed-forward, the head; attention is the same SDPA call
-with the same relative-position bias), so the sampler draws the same tokens under the same noise
-as ``generate`` (tests/test_decoding.py). Shapes: B prompts, n samples per prompt, R = B * n
+with the same relative-position bias), so in fp32 the sampler draws the same tokens under the same
+noise as ``generate`` (tests/test_decoding.py); under bf16 autocast nearly all of them (the n
+queries of a prompt as one block round differently in bf16 kernels than n separate rows). Shapes: B prompts, n samples per prompt, R = B * n
 rows, S prompt tokens, T response tokens, H heads, dh head width, V vocabulary.
 """
 

@@ -25,12 +25,12 @@ rows, S prompt tokens, T response tokens, H heads, dh head width, V vocabulary.
 from __future__ import annotations
 
 import sys
-import weakref
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+_PROBED: dict = {}  # (probe, device) -> why compile is unavailable there, or None
 RECOMPILE_LIMIT = 64  # graphs of the compiled step per process (see Decoder)
 Picker = Callable[[torch.Tensor], torch.Tensor]  # fp32 scores [R, V] -> next tokens [R]
 
@@ -87,6 +87,10 @@ def base_t5(lm):
     decoder = getattr(base, "decoder", None)
     if getattr(base.config, "model_type", None) != "t5" or decoder is None or not hasattr(base, "lm_head"):
         return None
+    if getattr(getattr(lm, "active_peft_config", None), "is_prompt_learning", False):
+        return None  # virtual tokens that only PEFT's own generate adds
+    if len({str(d) for d in (getattr(base, "hf_device_map", None) or {}).values()}) > 1:
+        return None  # split over devices: the caches would live on one
     return base
 
 
@@ -177,7 +181,8 @@ def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
     """T5's guard against fp16 overflow (a no-op in any other dtype), as in ``T5Block``."""
     if x.dtype != torch.float16:
         return x
-    limit = torch.finfo(torch.float16).max - 1000
+    top = torch.finfo(torch.float16).max
+    limit = torch.where(torch.isinf(x).any(), top - 1000, top)
     return x.clamp(-limit, limit)
 
 
@@ -198,12 +203,16 @@ class Decoder:
     def __init__(self, lm, compile: bool = False):
         self.lm, self.step = lm, T5Step(lm)
         self.compiled_step, self.asked_compile = None, compile
+        self._cache, self._cache_key = None, None  # self-attention caches of the last call and their shape
         self.why_eager: str | None = None
         if compile:
             from rlhf.runtime import compile_unavailable
 
             device = next(lm.parameters()).device
-            self.why_eager = compile_unavailable(device)
+            key = (compile_unavailable, str(device))  # the probe compiles: once per device and process
+            if key not in _PROBED:
+                _PROBED[key] = compile_unavailable(device)
+            self.why_eager = _PROBED[key]
             if self.why_eager is None:
                 # a graph per model and adapter state (static shapes first, dynamic after a change): a run loads
                 # several models (base, SFT variants, policy with adapter on and off), more than dynamo's
@@ -218,6 +227,9 @@ class Decoder:
     @property
     def compiled(self) -> bool:
         return self.compiled_step is not None
+
+    def __deepcopy__(self, memo):  # a deep copy of the model (a frozen reference) builds its own decoder
+        return None
 
     @torch.no_grad()
     def __call__(self, states: torch.Tensor, attention_mask: torch.Tensor, n: int, max_new_tokens: int,
@@ -238,13 +250,9 @@ class Decoder:
         dtype = cross_k[0].dtype
         cross_mask = torch.zeros(b, 1, 1, states.shape[1], dtype=dtype, device=device)
         cross_mask.masked_fill_(~attention_mask.bool()[:, None, None, :], torch.finfo(dtype).min)
-        cache_shape = (rows, self.step.heads, width, self.step.head_dim)
-        self_k = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in self.step.blocks]
-        self_v = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in self.step.blocks]
+        self_k, self_v = self._caches(rows, width, dtype, device)
         bias_table = self.step.position_bias(width, dtype, device)
         if self.compiled:
-            for cache in self_k + self_v:  # updated in place: CUDA graphs keep their address
-                torch._dynamo.mark_static_address(cache)
             for x in cross_k + cross_v:  # prompt widths vary from call to call: dynamic from the first compile
                 torch._dynamo.maybe_mark_dynamic(x, 2)
             torch._dynamo.maybe_mark_dynamic(cross_mask, 3)
@@ -263,6 +271,22 @@ class Decoder:
                 break
         return torch.stack(out, dim=1) if out else torch.empty(rows, 0, dtype=torch.long, device=device)
 
+    def _caches(self, rows: int, width: int, dtype: torch.dtype, device) -> tuple[list, list]:
+        """Zeroed self-attention caches [R, H, W, dh] per layer, kept from the last call when its
+        shape was the same (compiled on a GPU, CUDA graphs then find them at the same address)."""
+        shape = (rows, self.step.heads, width, self.step.head_dim)
+        key = (shape, dtype, str(device))
+        if self._cache_key != key:
+            self._cache = [[torch.zeros(shape, dtype=dtype, device=device) for _ in self.step.blocks] for _ in "kv"]
+            self._cache_key = key
+            if self.compiled:
+                for cache in self._cache[0] + self._cache[1]:  # updated in place: CUDA graphs keep their address
+                    torch._dynamo.mark_static_address(cache)
+        else:
+            for cache in self._cache[0] + self._cache[1]:
+                cache.zero_()
+        return self._cache[0], self._cache[1]
+
     def _step(self, tokens, position, t, self_k, self_v, cross_k, cross_v, cross_mask, bias_table):
         """Eager: attend over the t + 1 positions written so far (the same keys ``generate`` sees).
         Compiled: over the whole cache, the causal mask hiding what is not written yet."""
@@ -270,6 +294,8 @@ class Decoder:
             bias = bias_table.index_select(2, position)
             try:
                 return self.compiled_step(tokens, position, self_k, self_v, cross_k, cross_v, cross_mask, bias)
+            except torch.OutOfMemoryError:
+                raise
             except Exception as err:  # an op inductor cannot lower, a toolchain failure: eager from now on
                 from rlhf.errors import first_line
 
@@ -280,15 +306,16 @@ class Decoder:
                               cross_k, cross_v, cross_mask, bias_table[:, :, t:t + 1, :w])
 
 
-_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+ATTRIBUTE = "_rlhf_decoder"  # where a model keeps its Decoder: freed with the model (a cycle the GC collects)
 
 
 def decoder_for(lm, compile: bool = False) -> Decoder | None:
     """``lm``'s :class:`Decoder` (one per model and setting, so a compiled step is compiled once per
-    run), or None when ``lm`` is not a T5 (callers then use ``generate``)."""
+    run), or None when ``lm`` is not a T5 this decoder serves (callers then use ``generate``)."""
     if base_t5(lm) is None:
         return None
-    decoder = _DECODERS.get(lm)
+    decoder = lm.__dict__.get(ATTRIBUTE)
     if decoder is None or decoder.asked_compile != compile:
-        decoder = _DECODERS[lm] = Decoder(lm, compile=compile)
+        decoder = Decoder(lm, compile=compile)
+        lm.__dict__[ATTRIBUTE] = decoder  # not a submodule: never in a state dict
     return decoder

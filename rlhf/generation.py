@@ -73,7 +73,7 @@ def generate(model, tokenizer, prompts: list[str], setting: GenerationSetting, *
 
 def _decode(model, tokenizer, enc, setting: GenerationSetting, kwargs: dict, k: int, compile: bool) -> torch.Tensor:
     """One batch -> [rows, 1 + T] token ids, the decoder start token first, as ``generate`` returns."""
-    decoder = decoder_for(model, compile) if setting.num_beams == 1 else None
+    decoder = decoder_for(model, compile) if setting.num_beams == 1 and not _extra_processors(model) else None
     if decoder is None:
         return model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     start = model.generation_config.decoder_start_token_id
@@ -83,3 +83,22 @@ def _decode(model, tokenizer, enc, setting: GenerationSetting, kwargs: dict, k: 
     responses = decoder(states, enc.attention_mask, k, kwargs["max_new_tokens"], pick, tokenizer.eos_token_id,
                         tokenizer.pad_token_id, start)
     return torch.cat([responses.new_full((responses.shape[0], 1), start), responses], dim=1)
+
+
+# generation_config fields that make ``generate`` add a logits processor our decoder does not apply
+PROCESSOR_FIELDS = ("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+                    "encoder_no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                    "forced_bos_token_id", "forced_eos_token_id", "min_length", "min_new_tokens", "min_p",
+                    "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "exponential_decay_length_penalty",
+                    "sequence_bias", "renormalize_logits", "guidance_scale", "watermarking_config")
+
+
+def _extra_processors(model) -> list[str]:
+    """The fields of ``model``'s generation config that ``generate`` would turn into processors
+    beyond the setting's own (then ``generate`` decodes, so every one of them is honoured)."""
+    from transformers import GenerationConfig
+
+    config, default = getattr(model, "generation_config", None), GenerationConfig()
+    if config is None:
+        return []
+    return [f for f in PROCESSOR_FIELDS if getattr(config, f, None) != getattr(default, f, None)]

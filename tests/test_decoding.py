@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
+import rlhf.decoding as decoding
 import rlhf.generation as generation
 from rlhf.config import GenerationSetting, LoraConfig
 from rlhf.decoding import Decoder, decoder_for, greedy, gumbel_max, nucleus
@@ -198,3 +199,37 @@ def test_under_bf16_autocast_one_sample_per_prompt_is_exact_and_groups_nearly():
         group = both(t5(), prompts(b=16, s=20), 4, max_new=24)
     assert torch.equal(*single)
     assert group[0].shape == group[1].shape and (group[0] == group[1]).float().mean() >= 0.95
+
+
+def test_a_decoded_model_is_freed_with_its_decoder():
+    import gc
+    import weakref
+
+    lm = t5()
+    sample_responses(lm, prompts(), 4, EOS, PAD, START, n=2)
+    assert decoder_for(lm) is decoder_for(lm)
+    gone = weakref.ref(lm)
+    del lm
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_deep_copy_gets_its_own_decoder():
+    import copy
+
+    lm = t5()
+    decoder = decoder_for(lm)
+    twin = copy.deepcopy(lm)
+    assert decoder_for(twin) is not decoder and decoder_for(twin).step.model is twin
+
+
+def test_a_generation_config_with_its_own_processors_decodes_with_generate(monkeypatch, tiny_tokenizer):
+    """A checkpoint's repetition penalty (or any processor generate adds) is honoured: generate runs."""
+    lm = t5(vocab=len(tiny_tokenizer))
+    lm.generation_config.repetition_penalty = 1.5
+    kw = dict(max_new_tokens=12, batch_size=6, max_input_length=32, seed=7)
+    texts = ["a b c d", "e f", "g h i j k l m"]
+    ours = generation.generate(lm, tiny_tokenizer, texts, GenerationSetting("greedy"), **kw)
+    assert lm.__dict__.get(decoding.ATTRIBUTE) is None  # the decoder was never built
+    monkeypatch.setattr(generation, "decoder_for", lambda *a, **k: None)
+    assert ours.texts == generation.generate(lm, tiny_tokenizer, texts, GenerationSetting("greedy"), **kw).texts

@@ -118,12 +118,17 @@ def main() -> None:
                "peer_generate_s": med(results["peer"], "median_generate_s"),
                "peer_ppo_step_s": med(results["peer"], "median_ppo_step_s"),
                "ours_generate_s": rows[head]["generate_s"], "variants": rows,
+               # generation's tokens per second: the peer's batch x new tokens per step, and ours (ppo_step.py)
+               "peer_gen_tokens_per_s": (results["peer"][0]["batch_size"] * results["peer"][0]["max_new_tokens"]
+                                         / med(results["peer"], "median_generate_s")),
+               "ours_gen_tokens_per_s": med(results[head], "gen_tokens_per_s"),
                "rollout_speedup_vs_per_prompt": results["fp32"][0].get("rollout_speedup"), "rounds": results}
     for v, row in rows.items():
         print(f"{v:>15}: {row['median_step_s']:.2f} s/step vs peer {peer_s:.2f}: ratio {row['ratio']:.3f} "
               f"(rounds {', '.join(f'{x:.3f}' for x in row['round_ratios'])}); peak RSS {row['peak_rss_mib']:.0f} "
               f"vs {summary['peer_peak_rss_mib']:.0f} MiB", flush=True)
-    print(f"headline ({head}, fp32, the peer's settings): ratio {summary['ratio']:.3f}", flush=True)
+    print(f"headline ({head}, fp32, the peer's settings): ratio {summary['ratio']:.3f}; generation "
+          f"{summary['ours_gen_tokens_per_s']:.0f} tok/s vs the peer's {summary['peer_gen_tokens_per_s']:.0f}", flush=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
     (ROOT / "benchmarks" / "last_compare.json").write_text(json.dumps(summary, indent=1))
 

@@ -201,7 +201,7 @@ class Decoder:
     """
 
     def __init__(self, lm, compile: bool = False):
-        self.lm, self.step = lm, T5Step(lm)
+        self.step = T5Step(lm)
         self.compiled_step, self.asked_compile = None, compile
         self._cache, self._cache_key = None, None  # self-attention caches of the last call and their shape
         self.why_eager: str | None = None

@@ -379,6 +379,12 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "prompt.batch_size" in err and "Traceback" not in err
 
 
+def test_a_bad_compile_decoding_value_exits_2_naming_the_key(tmp_path, capsys):
+    assert cli_main(["run", str(write(tmp_path, {})), "model.compile_decoding=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config key 'model.compile_decoding': expected bool, got 'maybe'" in err
+
+
 def test_cli_unknown_stage(capsys, tmp_path):
     assert cli_main(["frobnicate", str(write(tmp_path, {}))]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

@@ -300,6 +300,8 @@ class PreferenceSettings:
     """DPO (Rafailov et al. 2023) and IPO (Azar et al. 2023) (rl.algorithm dpo or ipo only)."""
 
     beta: float = opt(0.1, positive, "DPO's beta (the implicit reward's scale); IPO's tau")
+    nll_coef: float = opt(0.0, non_negative, "weight of the chosen response's negative log-likelihood per token "
+                          "added to the pair loss (RPO: Pang et al. 2024, eq. 3; TRL's rpo_alpha); 0 = plain DPO / IPO")
 
 
 @dataclass

@@ -62,6 +62,9 @@ def _check_rl(rl) -> None:
         raise UserError(f"config key 'rl.reward_model': value {shown(rl.reward_model)} is for the online methods "
                         f"(ppo, rloo, grpo); rl.algorithm {rl.algorithm} trains on its pairs with no reward model "
                         f"(set it to classifier)")
+    if rl.algorithm not in ("dpo", "ipo") and rl.preference.nll_coef:
+        raise UserError(f"config key 'rl.preference.nll_coef': value {rl.preference.nll_coef} weighs the chosen "
+                        f"response's NLL in DPO / IPO; rl.algorithm {rl.algorithm} has no pairs (set it to 0)")
     if rl.pairs.source == "corpus" and not rl.pairs.corpus_column:
         raise UserError("config key 'rl.pairs.corpus_column': rl.pairs.source corpus needs the column of the "
                         "training data that holds the preferred rewording of each reference summary")

@@ -80,12 +80,16 @@ def test_validate_is_called_for_configs_built_from_a_dict():
     (["rl.algorithm=ipo", "rl.group_size=2", "rl.reward_model=pairwise"],
      r"^config key 'rl.reward_model': value 'pairwise' is for the online methods \(ppo, rloo, grpo\); rl.algorithm "
      r"ipo trains on its pairs with no reward model"),
+    (["rl.algorithm=rloo", "rl.group_size=2", "rl.preference.nll_coef=1"],
+     r"^config key 'rl.preference.nll_coef': value 1.0 weighs the chosen response's NLL in DPO / IPO; rl.algorithm "
+     r"rloo has no pairs"),
 ])
 def test_preference_methods_refuse_what_they_cannot_honour(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
         load_config(write(tmp_path, {"seed": 1}), overrides)
-    ok = load_config(write(tmp_path, {"seed": 1}), ["rl.algorithm=dpo", "rl.group_size=2", "rl.preference.beta=0.5"])
-    assert ok.rl.preference.beta == 0.5 and ok.rl.pairs.choose == "closest_to_reference"
+    ok = load_config(write(tmp_path, {"seed": 1}), ["rl.algorithm=dpo", "rl.group_size=2", "rl.preference.beta=0.5",
+                                                               "rl.preference.nll_coef=1"])
+    assert ok.rl.preference.beta == 0.5 and ok.rl.preference.nll_coef == 1.0 and ok.rl.pairs.choose == "closest_to_reference"
 
 
 def test_corpus_pairs_need_their_column(tmp_path):

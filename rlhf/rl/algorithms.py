@@ -145,9 +145,12 @@ class Preference:
         seq = (logprobs * mb.mask).sum(-1).view(-1, 2)  # [pairs, (chosen, rejected)]
         ref = (mb.ref_logprobs * mb.mask).sum(-1).view(-1, 2)
         margin = dpo.preference_margin(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1])
-        loss = self.loss_fn(margin, beta).mean()
+        pair_loss = self.loss_fn(margin, beta).mean()
+        nll = dpo.chosen_nll(seq[:, 0], mb.mask.view(-1, 2, mb.mask.shape[-1])[:, 0].sum(-1).to(seq.dtype)).mean()
+        loss = pair_loss + self.cfg.preference.nll_coef * nll if self.cfg.preference.nll_coef else pair_loss
         rewards = dpo.implicit_rewards(seq.detach(), ref, beta)
-        return loss, {"loss/policy": loss, "preference/accuracy": (margin.detach() > 0).float().mean(),
+        return loss, {"loss/policy": loss, "loss/pair": pair_loss.detach(), "loss/chosen_nll": nll.detach(),
+                      "preference/accuracy": (margin.detach() > 0).float().mean(),
                       "preference/margin": margin.detach().mean(), "preference/reward_chosen": rewards[:, 0].mean(),
                       "preference/reward_rejected": rewards[:, 1].mean()}
 

@@ -1,7 +1,9 @@
 """Offline preference optimisation on (prompt, chosen, rejected) pairs, no sampling while training:
 DPO (Rafailov et al. 2023, "Direct Preference Optimization", arXiv:2305.18290, eq. 7) and IPO
 (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
-Preferences", arXiv:2310.12036, eq. 17). Inputs are whole-response log-probabilities [B] (the sum
+Preferences", arXiv:2310.12036, eq. 17), each optionally with RPO's negative log-likelihood of the
+chosen response (Pang et al. 2024, "Iterative Reasoning Preference Optimization", arXiv:2404.19733,
+eq. 1-3). Inputs are whole-response log-probabilities [B] (the sum
 over the response's tokens) under the policy and under the reference (the SFT model: the policy's
 adapter disabled).
 """
@@ -35,3 +37,11 @@ def ipo_loss(margin: torch.Tensor, beta: float) -> torch.Tensor:
 def implicit_rewards(policy_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, beta: float) -> torch.Tensor:
     """[B] beta x log(pi(y) / pi_ref(y)): DPO's implicit reward of a response (sec. 5)."""
     return beta * (policy_logprobs - ref_logprobs)
+
+
+def chosen_nll(chosen_logprobs: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """[B] -log pi(y_w) / |y_w|: the chosen response's negative log-likelihood per token (RPO, eq. 2,
+    with the response's length as the normaliser; the prompt is the encoder's input, not scored).
+    Added to the pair loss with weight alpha (eq. 3), it holds up the likelihood of the chosen,
+    which DPO alone may let fall together with the rejected's."""
+    return -chosen_logprobs / chosen_lengths.clamp(min=1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf.config import RlConfig
+from rlhf.config import PreferenceSettings, RlConfig
 from rlhf.rl import grpo, ppo, rloo
 from rlhf.rl.algorithms import GRPO, PPO, RLOO, MiniBatch, make_algorithm
 from rlhf.rl.objectives import kl_penalty
@@ -66,3 +66,18 @@ def test_on_fresh_samples_each_loss_pushes_up_the_better_response(name):
     step = -(param.grad * MASK).sum(-1)  # the direction gradient descent moves each response's logprob
     assert step[0] > 0 > step[1] and step[2] > 0 > step[3]
     assert "policy/approxkl" in terms and (("loss/value" in terms) == (name == "ppo"))
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "ipo"])
+def test_preference_loss_adds_the_chosen_nll_by_hand(algorithm):
+    """Rows 0, 2 are the pairs' chosen, 1, 3 the rejected; with nll_coef 0.5 the loss is the pair
+    loss plus half the chosen responses' mean per-token NLL (RPO, eq. 3)."""
+    _, lp, ref, _ = rollouts(5)
+    plain = make_algorithm(RlConfig(algorithm=algorithm, group_size=2))
+    rpo = make_algorithm(RlConfig(algorithm=algorithm, group_size=2, preference=PreferenceSettings(nll_coef=0.5)))
+    mb = MiniBatch(lp, ref, None, torch.zeros(4), None, MASK)
+    pair_loss, _ = plain.loss(lp, None, mb)
+    loss, terms = rpo.loss(lp, None, mb)
+    nll = ((-(lp[0] * MASK[0]).sum() / 3) + (-(lp[2] * MASK[2]).sum() / 1)) / 2
+    assert terms["loss/chosen_nll"].item() == pytest.approx(nll.item())
+    assert loss.item() == pytest.approx(pair_loss.item() + 0.5 * nll.item())

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhf.rl.dpo import dpo_loss, implicit_rewards, ipo_loss, preference_margin
+from rlhf.rl.dpo import chosen_nll, dpo_loss, implicit_rewards, ipo_loss, preference_margin
 
 
 def test_the_margin_by_hand():
@@ -31,3 +31,7 @@ def test_implicit_rewards_rank_the_pair_as_the_margin_does():
     pc, pr, rc, rr = torch.tensor([-2.0]), torch.tensor([-6.0]), torch.tensor([-3.0]), torch.tensor([-4.0])
     chosen, rejected = implicit_rewards(pc, rc, 0.5), implicit_rewards(pr, rr, 0.5)
     assert (chosen - rejected).item() == pytest.approx(0.5 * preference_margin(pc, pr, rc, rr).item())
+
+
+def test_chosen_nll_is_per_token_by_hand():
+    assert chosen_nll(torch.tensor([-6.0, -1.0]), torch.tensor([3.0, 0.0])).tolist() == [2.0, 1.0]  # length 0 -> 1

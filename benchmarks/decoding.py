@@ -7,8 +7,9 @@ drifting speed hits every side alike; the median over rounds is reported:
   a flan-t5-small-shaped T5 (random weights, or ``--model-in``), LoRA r=32 on q,v, 16 prompts of
   130-220 tokens, exactly 32 new tokens (EOS banned until then), fp32, Gumbel-max sampling; the
   encoder pass included (as the trainer's ``generate`` phase). ``--k`` samples per prompt.
-  Its **kernel floor** (CPU): every matmul and attention call of one eager decoding, each replayed
-  alone (benchmarks/limit.py), summed.
+  Its **kernel floor**: on a CPU every matmul and attention call of one eager decoding, each replayed
+  alone (benchmarks/limit.py), summed; on a GPU the device time of the kernels those calls launched
+  in one eager decoding, from the CUDA profiler (and the compiled call's busy time: every kernel).
 - **evaluate** (``--world``): the evaluate stage's sampled responses on the default tiny world:
   32 test prompts x 25 nucleus samples (top-p 0.9) through ``rlhf.generation.generate``.
 
@@ -108,9 +109,35 @@ def rollout(args, device: torch.device) -> dict:
                                "tokens_per_s": tokens / statistics.median(v)} for name, v in seconds.items()}}
     if device.type == "cpu":
         result["kernel_floor_s"] = kernel_floor(lambda: sides["eager"]())
-        for side in result["sides"].values():
-            side["over_floor"] = side["median_s"] / result["kernel_floor_s"]
+    else:
+        with torch.no_grad():
+            result["kernel_floor_s"] = cuda_kernel_seconds(sides["eager"])["floor"]
+            result["compiled_gpu_busy_s"] = cuda_kernel_seconds(sides["compiled"])["busy"]
+    for side in result["sides"].values():
+        side["over_floor"] = side["median_s"] / result["kernel_floor_s"]
     return result
+
+
+FLOOR_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_efficient_attention_forward",
+             "aten::_flash_attention_forward", "aten::_cudnn_attention_forward")
+
+
+def cuda_kernel_seconds(fn) -> dict[str, float]:
+    """One call of ``fn`` under the CUDA profiler -> {"floor": device seconds of the kernels its matmul
+    and attention ops launched (:data:`FLOOR_OPS`, as they ran in place: the GPU's kernel floor),
+    "busy": device seconds of every kernel}. The rest of the wall time is the GPU idle: launches,
+    host work and syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    floor = sum(e.self_device_time_total for e in events if e.key in FLOOR_OPS)
+    busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"floor": floor / 1e6, "busy": busy / 1e6}
 
 
 def kernel_floor(fn) -> float:
@@ -199,6 +226,8 @@ def main() -> None:
         if name in result:
             r = result[name]
             floor = f"; kernel floor {r['kernel_floor_s']:.3f} s" if "kernel_floor_s" in r else ""
+            if "compiled_gpu_busy_s" in r:
+                floor += f"; compiled call's GPU busy {r['compiled_gpu_busy_s']:.3f} s"
             print(f"{name}: " + ", ".join(
                 f"{s} {v['median_s']:.3f} s ({v['tokens_per_s']:.0f} tok/s"
                 + (f", {v['over_floor']:.2f}x floor" if "over_floor" in v else "") + ")"

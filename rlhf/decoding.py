@@ -258,16 +258,20 @@ class Decoder:
             torch._dynamo.maybe_mark_dynamic(cross_mask, 3)
         tokens = torch.full((rows,), start_token_id, dtype=torch.long, device=device)
         unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        ended = EndCheck(device)
         out = []
         for t in range(max_new_tokens):
-            position = torch.tensor([t], device=device)
+            position = torch.full((1,), t, dtype=torch.long, device=device)  # no host-to-device copy (a sync)
             logits = self._step(tokens, position, t, self_k, self_v, cross_k, cross_v, cross_mask, bias_table)
             if t < min_new_tokens:
                 logits[:, eos_token_id] = float("-inf")
+            ended.before_pick()
             tokens = pick(logits).masked_fill(~unfinished, pad_token_id)
             out.append(tokens)
             unfinished &= tokens != eos_token_id
-            if not bool(unfinished.any()):
+            if ended(unfinished):
+                if ended.overshot:
+                    out.pop()
                 break
         return torch.stack(out, dim=1) if out else torch.empty(rows, 0, dtype=torch.long, device=device)
 
@@ -304,6 +308,43 @@ class Decoder:
         w = t + 1
         return self.step.step(tokens, position, [c[:, :, :w] for c in self_k], [c[:, :, :w] for c in self_v],
                               cross_k, cross_v, cross_mask, bias_table[:, :, t:t + 1, :w])
+
+
+class EndCheck:
+    """Has every row ended? On a CPU, asked after each step. On a GPU, reading the answer waits for
+    the step's kernels, so the loop reads the previous step's answer instead, while this step's
+    kernels run: the host queues ahead and the GPU never idles on it. When the previous step had
+    already ended every row, this step was one too many (``overshot``): its tokens are dropped and
+    the random numbers its pick drew are given back (the generator's state from before it), so the
+    tokens and the generator end as an immediate check leaves them."""
+
+    def __init__(self, device: torch.device):
+        self.lagged = device.type == "cuda"
+        self.overshot = False
+        if self.lagged:
+            self.device = device
+            self.flags = [torch.ones((), dtype=torch.bool, pin_memory=True) for _ in range(2)]
+            self.events = [torch.cuda.Event(), torch.cuda.Event()]
+            self.t, self.rng = 0, None
+
+    def before_pick(self) -> None:
+        if self.lagged:  # the generator's state is the host's (seed, offset): no sync
+            self.rng = torch.cuda.get_rng_state(self.device)
+
+    def __call__(self, unfinished: torch.Tensor) -> bool:
+        if not self.lagged:
+            return not bool(unfinished.any())
+        i, self.t = self.t % 2, self.t + 1
+        self.flags[i].copy_(unfinished.any(), non_blocking=True)
+        self.events[i].record()
+        if self.t == 1:
+            return False
+        self.events[1 - i].synchronize()  # the previous step's answer: this step is still queued behind it
+        if not bool(self.flags[1 - i]):
+            self.overshot = True
+            torch.cuda.set_rng_state(self.rng, self.device)
+            return True
+        return False
 
 
 ATTRIBUTE = "_rlhf_decoder"  # where a model keeps its Decoder: freed with the model (a cycle the GC collects)

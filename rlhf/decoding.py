@@ -318,31 +318,36 @@ class EndCheck:
     the random numbers its pick drew are given back (the generator's state from before it), so the
     tokens and the generator end as an immediate check leaves them."""
 
-    def __init__(self, device: torch.device):
-        self.lagged = device.type == "cuda"
+    def __init__(self, device: torch.device, lagged: bool | None = None):
+        self.lagged = device.type == "cuda" if lagged is None else lagged  # lagged on a CPU: for tests
         self.overshot = False
         if self.lagged:
-            self.device = device
-            self.flags = [torch.ones((), dtype=torch.bool, pin_memory=True) for _ in range(2)]
-            self.events = [torch.cuda.Event(), torch.cuda.Event()]
+            self.device, cuda = device, device.type == "cuda"
+            self.flags = [torch.ones((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
+            self.events = [torch.cuda.Event(), torch.cuda.Event()] if cuda else None
             self.t, self.rng = 0, None
 
     def before_pick(self) -> None:
-        if self.lagged:  # the generator's state is the host's (seed, offset): no sync
-            self.rng = torch.cuda.get_rng_state(self.device)
+        if self.lagged:  # a CUDA generator's state is the host's (seed, offset): no sync
+            self.rng = torch.cuda.get_rng_state(self.device) if self.events else torch.get_rng_state()
 
     def __call__(self, unfinished: torch.Tensor) -> bool:
         if not self.lagged:
             return not bool(unfinished.any())
         i, self.t = self.t % 2, self.t + 1
-        self.flags[i].copy_(unfinished.any(), non_blocking=True)
-        self.events[i].record()
+        self.flags[i].copy_(unfinished.any(), non_blocking=self.events is not None)
+        if self.events:
+            self.events[i].record()
         if self.t == 1:
             return False
-        self.events[1 - i].synchronize()  # the previous step's answer: this step is still queued behind it
+        if self.events:
+            self.events[1 - i].synchronize()  # the previous step's answer: this step is still queued behind it
         if not bool(self.flags[1 - i]):
             self.overshot = True
-            torch.cuda.set_rng_state(self.rng, self.device)
+            if self.events:
+                torch.cuda.set_rng_state(self.rng, self.device)
+            else:
+                torch.set_rng_state(self.rng)
             return True
         return False
 

@@ -86,6 +86,27 @@ def test_the_decoder_stops_when_every_row_has_ended():
     assert got[0].tolist() == [EOS, PAD, PAD] and got[1].tolist() == [7, 7, EOS]
 
 
+def test_the_lagged_end_check_of_a_gpu_leaves_tokens_and_generator_as_the_immediate_one(monkeypatch):
+    """On a GPU the loop reads whether every row has ended one step late (no sync per token): the
+    extra step's tokens are dropped and its random draws given back. Forced on the CPU, three calls
+    in a row (rows ending early) give generate's tokens and leave the generator where it does."""
+    lm, q, end_check = t5(), prompts(), decoding.EndCheck
+    states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+
+    def pick(scores):  # a random draw per row and step; a row ends with probability 0.3 at each step
+        return torch.where(torch.rand(scores.shape[0]) < 0.3, EOS, scores.argmax(-1).clamp(min=2))
+
+    runs = []
+    for lagged in (False, True):
+        monkeypatch.setattr(decoding, "EndCheck", lambda device, lagged=lagged: end_check(device, lagged))
+        torch.manual_seed(5)
+        out = [Decoder(lm)(states, q.attention_mask, n, 24, pick, EOS, PAD, START) for n in (1, 3, 2)]
+        runs.append((out, torch.rand(4)))
+    (plain, after_plain), (lagged, after_lagged) = runs
+    assert all(torch.equal(a, b) for a, b in zip(plain, lagged)) and torch.equal(after_plain, after_lagged)
+    assert all(r.shape[1] < 24 for r in plain)  # every call ended early: the overshoot was dropped each time
+
+
 def test_adapter_on_and_off_each_match_generate():
     """The policy (LoRA on) and its reference (LoRA off) from one model and one decoder."""
     lm = apply_lora(t5(), LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q", "k", "v", "o"]))

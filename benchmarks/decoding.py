@@ -136,7 +136,8 @@ def cuda_kernel_seconds(fn) -> dict[str, float]:
         torch.cuda.synchronize()
     events = prof.key_averages()
     floor = sum(e.self_device_time_total for e in events if e.key in FLOOR_OPS)
-    busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy = sum(e.self_device_time_total for e in events  # kernels, not the spans annotating them (inductor's)
+               if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)
     return {"floor": floor / 1e6, "busy": busy / 1e6}
 
 

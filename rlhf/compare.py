@@ -52,6 +52,8 @@ def run_row(run_dir: Path) -> dict:
     if row["method"] in ("dpo", "ipo", "orpo", "cpo"):  # offline: beta, not a group of samples
         beta = rl["trl"]["beta"] if "trl" in rl else config["preference"]["beta"]
         row["beta"], row["pairs"] = beta, rl.get("pairs", {}).get("pairs")
+        if "trl" not in rl and config["preference"].get("nll_coef"):  # RPO: the chosen response's NLL added
+            row["nll_coef"] = config["preference"]["nll_coef"]
     scorers = [(REWARD_MODEL, "RM"), *((h["judge"], "judge"),) * bool(h["judge"])]
     for scorer, short in scorers:
         for stratum in STRATA:
@@ -98,7 +100,8 @@ def markdown(rows: list[dict]) -> str:
 
     table = []
     for r in rows:
-        detail = (f" (beta={r['beta']}, {r['pairs']} pairs)" if "beta" in r
+        nll = f", nll_coef={r['nll_coef']}" if r.get("nll_coef") else ""
+        detail = (f" (beta={r['beta']}{nll}, {r['pairs']} pairs)" if "beta" in r
                   else f" (k={r['group_size']})" if r["group_size"] > 1 else "")
         reward = r.get("reward", "classifier")
         if reward == "pairwise":

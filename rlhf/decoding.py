@@ -261,11 +261,11 @@ class Decoder:
         ended = EndCheck(device)
         out = []
         for t in range(max_new_tokens):
+            ended.before_step()
             position = torch.full((1,), t, dtype=torch.long, device=device)  # no host-to-device copy (a sync)
             logits = self._step(tokens, position, t, self_k, self_v, cross_k, cross_v, cross_mask, bias_table)
             if t < min_new_tokens:
                 logits[:, eos_token_id] = float("-inf")
-            ended.before_pick()
             tokens = pick(logits).masked_fill(~unfinished, pad_token_id)
             out.append(tokens)
             unfinished &= tokens != eos_token_id
@@ -315,7 +315,7 @@ class EndCheck:
     the step's kernels, so the loop reads the previous step's answer instead, while this step's
     kernels run: the host queues ahead and the GPU never idles on it. When the previous step had
     already ended every row, this step was one too many (``overshot``): its tokens are dropped and
-    the random numbers its pick drew are given back (the generator's state from before it), so the
+    the random numbers it drew are given back (the generator's state from before it), so the
     tokens and the generator end as an immediate check leaves them."""
 
     def __init__(self, device: torch.device, lagged: bool | None = None):
@@ -327,7 +327,7 @@ class EndCheck:
             self.events = [torch.cuda.Event(), torch.cuda.Event()] if cuda else None
             self.t, self.rng = 0, None
 
-    def before_pick(self) -> None:
+    def before_step(self) -> None:
         if self.lagged:  # a CUDA generator's state is the host's (seed, offset): no sync
             self.rng = torch.cuda.get_rng_state(self.device) if self.events else torch.get_rng_state()
 
@@ -336,8 +336,8 @@ class EndCheck:
             return not bool(unfinished.any())
         i, self.t = self.t % 2, self.t + 1
         self.flags[i].copy_(unfinished.any(), non_blocking=self.events is not None)
-        if self.events:
-            self.events[i].record()
+        if self.events:  # on the stream the copy was queued on, whichever device is current
+            self.events[i].record(torch.cuda.current_stream(self.device))
         if self.t == 1:
             return False
         if self.events:

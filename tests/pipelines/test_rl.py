@@ -78,9 +78,10 @@ def dpo_run(finished_run, tmp_path_factory):
 
     moved = copy_run(finished_run, tmp_path_factory.mktemp("dpo"))
     pairs = dataclasses.replace(moved.rl.pairs, source="corpus", corpus_column="neutral_summary")
+    preference = dataclasses.replace(moved.rl.preference, nll_coef=1.0)  # with RPO's NLL of the chosen
     config = dataclasses.replace(moved, rl=dataclasses.replace(moved.rl, algorithm="dpo", group_size=2, batch_size=4,
                                                                mini_batch_size=2, epochs=1, toxic_share=None,
-                                                               pairs=pairs))
+                                                               pairs=pairs, preference=preference))
     metrics = rl_stage.main(config, force=True)
     evaluate.main(config)
     return config, metrics
@@ -99,7 +100,9 @@ def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path)
     assert all(p.rejected == p.reference != p.chosen and p.made_by.startswith("corpus") for p in pairs)
     log = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
     assert [row["step"] for row in log] == [1, 2, 3] and "objective/kl" not in log[0]
-    assert log[0]["loss/policy"] == pytest.approx(0.6931, abs=0.01) and metrics["kl_mean_final"] is None
+    assert log[0]["loss/pair"] == pytest.approx(0.6931, abs=0.01) and metrics["kl_mean_final"] is None
+    assert log[0]["loss/chosen_nll"] > 0
+    assert log[0]["loss/policy"] == pytest.approx(log[0]["loss/pair"] + log[0]["loss/chosen_nll"], rel=1e-4)
     assert (folder / "policy" / "adapter_model.safetensors").is_file()
     assert not (folder / "policy" / "value_head.safetensors").exists()
     assert (config.run_dir / "report.json").is_file()
@@ -107,7 +110,7 @@ def test_dpo_makes_its_pairs_then_trains_through_the_rl_stage(dpo_run, tmp_path)
     row = compare([config.run_dir], tmp_path / "cmp")[0]
     assert row["method"] == "dpo" and row["pairs"] == len(pairs)
     assert row["RL seconds"] == pytest.approx(metrics["seconds"] + counts["seconds"])
-    assert "| dpo (beta=0.1, " in (tmp_path / "cmp" / "compare.md").read_text()
+    assert row["nll_coef"] == 1.0 and "| dpo (beta=0.1, nll_coef=1.0, " in (tmp_path / "cmp" / "compare.md").read_text()
 
     # --resume reads the pairs back rather than making them again
     (folder / "pairs.jsonl").write_text((folder / "pairs.jsonl").read_text().splitlines()[0] + "\n")

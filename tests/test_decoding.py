@@ -107,6 +107,30 @@ def test_the_lagged_end_check_of_a_gpu_leaves_tokens_and_generator_as_the_immedi
     assert all(r.shape[1] < 24 for r in plain)  # every call ended early: the overshoot was dropped each time
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the lagged check's own path)")
+@pytest.mark.parametrize("picker", [gumbel_max, nucleus(top_p=0.9)], ids=["gumbel_max", "nucleus"])
+def test_on_a_gpu_the_lagged_end_check_equals_the_immediate_one(monkeypatch, picker):
+    """The CUDA path (pinned flags, events, the CUDA generator's state): tokens and generator as an
+    immediate check leaves them, over calls whose rows end early."""
+    device = torch.device("cuda")
+    lm, q, end_check = t5().to(device), prompts(), decoding.EndCheck
+    mask = q.attention_mask.to(device)
+    states = lm.get_encoder()(input_ids=q.input_ids.to(device), attention_mask=mask).last_hidden_state
+
+    def pick(scores):  # the picker's draw, and a row ends with probability 0.3 at each step
+        return torch.where(torch.rand(scores.shape[0], device=scores.device) < 0.3, EOS, picker(scores))
+
+    runs = []
+    for lagged in (False, True):
+        monkeypatch.setattr(decoding, "EndCheck", lambda d, lagged=lagged: end_check(d, lagged))
+        torch.manual_seed(5)
+        out = [Decoder(lm)(states, mask, n, 24, pick, EOS, PAD, START) for n in (1, 3, 2)]
+        runs.append((out, torch.rand(4, device=device)))
+    (plain, after_plain), (lagged, after_lagged) = runs
+    assert all(torch.equal(a, b) for a, b in zip(plain, lagged)) and torch.equal(after_plain, after_lagged)
+    assert all(r.shape[1] < 24 for r in plain)
+
+
 def test_adapter_on_and_off_each_match_generate():
     """The policy (LoRA on) and its reference (LoRA off) from one model and one decoder."""
     lm = apply_lora(t5(), LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q", "k", "v", "o"]))

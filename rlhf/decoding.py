@@ -30,7 +30,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-_PROBED: dict = {}  # (probe, device) -> why compile is unavailable there, or None
 RECOMPILE_LIMIT = 64  # graphs of the compiled step per process (see Decoder)
 Picker = Callable[[torch.Tensor], torch.Tensor]  # fp32 scores [R, V] -> next tokens [R]
 
@@ -209,10 +208,7 @@ class Decoder:
             from rlhf.runtime import compile_unavailable
 
             device = next(lm.parameters()).device
-            key = (compile_unavailable, str(device))  # the probe compiles: once per device and process
-            if key not in _PROBED:
-                _PROBED[key] = compile_unavailable(device)
-            self.why_eager = _PROBED[key]
+            self.why_eager = compile_unavailable(device)
             if self.why_eager is None:
                 # a graph per model and adapter state (static shapes first, dynamic after a change): a run loads
                 # several models (base, SFT variants, policy with adapter on and off), more than dynamo's
@@ -319,37 +315,37 @@ class EndCheck:
     tokens and the generator end as an immediate check leaves them."""
 
     def __init__(self, device: torch.device, lagged: bool | None = None):
-        self.lagged = device.type == "cuda" if lagged is None else lagged  # lagged on a CPU: for tests
+        self.device, self.cuda = device, device.type == "cuda"
+        self.lagged = self.cuda if lagged is None else lagged  # lagged on a CPU: for tests
         self.overshot = False
         if self.lagged:
-            self.device, cuda = device, device.type == "cuda"
-            self.flags = [torch.ones((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
-            self.events = [torch.cuda.Event(), torch.cuda.Event()] if cuda else None
+            self.flags = [torch.ones((), dtype=torch.bool, pin_memory=self.cuda) for _ in range(2)]
+            self.events = [torch.cuda.Event(), torch.cuda.Event()] if self.cuda else None
             self.t, self.rng = 0, None
 
     def before_step(self) -> None:
         if self.lagged:  # a CUDA generator's state is the host's (seed, offset): no sync
-            self.rng = torch.cuda.get_rng_state(self.device) if self.events else torch.get_rng_state()
+            self.rng = torch.cuda.get_rng_state(self.device) if self.cuda else torch.get_rng_state()
 
     def __call__(self, unfinished: torch.Tensor) -> bool:
         if not self.lagged:
             return not bool(unfinished.any())
         i, self.t = self.t % 2, self.t + 1
-        self.flags[i].copy_(unfinished.any(), non_blocking=self.events is not None)
-        if self.events:  # on the stream the copy was queued on, whichever device is current
+        self.flags[i].copy_(unfinished.any(), non_blocking=self.cuda)
+        if self.cuda:  # on the stream the copy was queued on, whichever device is current
             self.events[i].record(torch.cuda.current_stream(self.device))
         if self.t == 1:
             return False
-        if self.events:
+        if self.cuda:
             self.events[1 - i].synchronize()  # the previous step's answer: this step is still queued behind it
-        if not bool(self.flags[1 - i]):
-            self.overshot = True
-            if self.events:
-                torch.cuda.set_rng_state(self.rng, self.device)
-            else:
-                torch.set_rng_state(self.rng)
-            return True
-        return False
+        if bool(self.flags[1 - i]):
+            return False
+        self.overshot = True
+        if self.cuda:
+            torch.cuda.set_rng_state(self.rng, self.device)
+        else:
+            torch.set_rng_state(self.rng)
+        return True
 
 
 ATTRIBUTE = "_rlhf_decoder"  # where a model keeps its Decoder: freed with the model (a cycle the GC collects)

@@ -125,13 +125,19 @@ def compile_unavailable(device: torch.device) -> str | None:
 
         if importlib.util.find_spec("triton") is None:
             return "Triton is not installed"
-    try:
-        with torch.enable_grad():  # callers may probe from inside no_grad (generation)
-            x = torch.ones(4, device=device, requires_grad=True)
-            torch.compile(lambda t: (t * 2).sin().sum(), dynamic=False)(x).backward()
-    except Exception as err:  # any failure of the toolchain means: run eagerly
-        return f"{type(err).__name__}: {first_line(err)}"
-    return None
+    key = str(device)
+    if key not in _PROBED:  # the probe compiles (seconds): once per device and process
+        try:
+            with torch.enable_grad():  # callers may probe from inside no_grad (generation)
+                x = torch.ones(4, device=device, requires_grad=True)
+                torch.compile(lambda t: (t * 2).sin().sum(), dynamic=False)(x).backward()
+            _PROBED[key] = None
+        except Exception as err:  # any failure of the toolchain means: run eagerly
+            _PROBED[key] = f"{type(err).__name__}: {first_line(err)}"
+    return _PROBED[key]
+
+
+_PROBED: dict[str, str | None] = {}  # device -> what compile_unavailable's probe found
 
 
 def rss_mib() -> float:

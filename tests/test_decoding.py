@@ -86,39 +86,24 @@ def test_the_decoder_stops_when_every_row_has_ended():
     assert got[0].tolist() == [EOS, PAD, PAD] and got[1].tolist() == [7, 7, EOS]
 
 
-def test_the_lagged_end_check_of_a_gpu_leaves_tokens_and_generator_as_the_immediate_one(monkeypatch):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the lagged check's own path)")
+
+
+@pytest.mark.parametrize("device, picker", [("cpu", gumbel_max), pytest.param("cuda", gumbel_max, marks=CUDA),
+                                            pytest.param("cuda", nucleus(top_p=0.9), marks=CUDA)],
+                         ids=["cpu", "cuda-gumbel_max", "cuda-nucleus"])
+def test_the_lagged_end_check_leaves_tokens_and_generator_as_the_immediate_one(monkeypatch, device, picker):
     """On a GPU the loop reads whether every row has ended one step late (no sync per token): the
-    extra step's tokens are dropped and its random draws given back. Forced on the CPU, three calls
-    in a row (rows ending early) give generate's tokens and leave the generator where it does."""
-    lm, q, end_check = t5(), prompts(), decoding.EndCheck
-    states = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
-
-    def pick(scores):  # a random draw per row and step; a row ends with probability 0.3 at each step
-        return torch.where(torch.rand(scores.shape[0]) < 0.3, EOS, scores.argmax(-1).clamp(min=2))
-
-    runs = []
-    for lagged in (False, True):
-        monkeypatch.setattr(decoding, "EndCheck", lambda device, lagged=lagged: end_check(device, lagged))
-        torch.manual_seed(5)
-        out = [Decoder(lm)(states, q.attention_mask, n, 24, pick, EOS, PAD, START) for n in (1, 3, 2)]
-        runs.append((out, torch.rand(4)))
-    (plain, after_plain), (lagged, after_lagged) = runs
-    assert all(torch.equal(a, b) for a, b in zip(plain, lagged)) and torch.equal(after_plain, after_lagged)
-    assert all(r.shape[1] < 24 for r in plain)  # every call ended early: the overshoot was dropped each time
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the lagged check's own path)")
-@pytest.mark.parametrize("picker", [gumbel_max, nucleus(top_p=0.9)], ids=["gumbel_max", "nucleus"])
-def test_on_a_gpu_the_lagged_end_check_equals_the_immediate_one(monkeypatch, picker):
-    """The CUDA path (pinned flags, events, the CUDA generator's state): tokens and generator as an
-    immediate check leaves them, over calls whose rows end early."""
-    device = torch.device("cuda")
+    extra step's tokens are dropped and its random draws given back. Forced on the CPU, and on a GPU
+    (pinned flags, events, the CUDA generator's state), three calls in a row whose rows end early
+    give the immediate check's tokens and leave the generator where it does."""
+    device = torch.device(device)
     lm, q, end_check = t5().to(device), prompts(), decoding.EndCheck
     mask = q.attention_mask.to(device)
     states = lm.get_encoder()(input_ids=q.input_ids.to(device), attention_mask=mask).last_hidden_state
 
     def pick(scores):  # the picker's draw, and a row ends with probability 0.3 at each step
-        return torch.where(torch.rand(scores.shape[0], device=scores.device) < 0.3, EOS, picker(scores))
+        return torch.where(torch.rand(scores.shape[0], device=device) < 0.3, EOS, picker(scores))
 
     runs = []
     for lagged in (False, True):
@@ -128,7 +113,7 @@ def test_on_a_gpu_the_lagged_end_check_equals_the_immediate_one(monkeypatch, pic
         runs.append((out, torch.rand(4, device=device)))
     (plain, after_plain), (lagged, after_lagged) = runs
     assert all(torch.equal(a, b) for a, b in zip(plain, lagged)) and torch.equal(after_plain, after_lagged)
-    assert all(r.shape[1] < 24 for r in plain)
+    assert all(r.shape[1] < 24 for r in plain)  # every call ended early: the overshoot was dropped each time
 
 
 def test_adapter_on_and_off_each_match_generate():

@@ -146,7 +146,8 @@ class Preference:
         ref = (mb.ref_logprobs * mb.mask).sum(-1).view(-1, 2)
         margin = dpo.preference_margin(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1])
         pair_loss = self.loss_fn(margin, beta).mean()
-        nll = dpo.chosen_nll(seq[:, 0], mb.mask.view(-1, 2, mb.mask.shape[-1])[:, 0].sum(-1).to(seq.dtype)).mean()
+        lengths = mb.mask.sum(-1).view(-1, 2).to(seq.dtype)
+        nll = dpo.chosen_nll(seq[:, 0], lengths[:, 0]).mean()
         loss = pair_loss + self.cfg.preference.nll_coef * nll if self.cfg.preference.nll_coef else pair_loss
         rewards = dpo.implicit_rewards(seq.detach(), ref, beta)
         return loss, {"loss/policy": loss, "loss/pair": pair_loss.detach(), "loss/chosen_nll": nll.detach(),

@@ -385,6 +385,13 @@ def test_a_bad_compile_decoding_value_exits_2_naming_the_key(tmp_path, capsys):
     assert err.count("\n") == 1 and "config key 'model.compile_decoding': expected bool, got 'maybe'" in err
 
 
+def test_a_negative_nll_coef_exits_2_naming_the_key(tmp_path, capsys):
+    args = ["rl.algorithm=dpo", "rl.group_size=2", "rl.toxic_share=null", "rl.preference.nll_coef=-1"]
+    assert cli_main(["run", str(write(tmp_path, {})), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config key 'rl.preference.nll_coef': value -1.0 must be >= 0" in err and "Traceback" not in err
+
+
 def test_cli_unknown_stage(capsys, tmp_path):
     assert cli_main(["frobnicate", str(write(tmp_path, {}))]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

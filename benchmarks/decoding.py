@@ -8,7 +8,8 @@ drifting speed hits every side alike; the median over rounds is reported:
   130-220 tokens, exactly 32 new tokens (EOS banned until then), fp32, Gumbel-max sampling; the
   encoder pass included (as the trainer's ``generate`` phase). ``--k`` samples per prompt.
   Its **kernel floor**: on a CPU every matmul and attention call of one eager decoding, each replayed
-  alone (benchmarks/limit.py), summed; on a GPU the device time of the kernels those calls launched
+  alone (benchmarks/limit.py), summed, and beside it the in-order floor (the same calls replayed in
+  sequence over the memory they used); on a GPU the device time of the kernels those calls launched
   in one eager decoding, from the CUDA profiler (and the compiled call's busy time: every kernel).
 - **evaluate** (``--world``): the evaluate stage's sampled responses on the default tiny world:
   32 test prompts x 25 nucleus samples (top-p 0.9) through ``rlhf.generation.generate``.
@@ -108,13 +109,15 @@ def rollout(args, device: torch.device) -> dict:
               "sides": {name: {"median_s": statistics.median(v), "rounds_s": [round(x, 4) for x in v],
                                "tokens_per_s": tokens / statistics.median(v)} for name, v in seconds.items()}}
     if device.type == "cpu":
-        result["kernel_floor_s"] = kernel_floor(lambda: sides["eager"]())
+        result["kernel_floor_s"], result["in_order_floor_s"] = kernel_floor(lambda: sides["eager"]())
     else:
         with torch.no_grad():
             result["kernel_floor_s"] = cuda_kernel_seconds(sides["eager"])["floor"]
             result["compiled_gpu_busy_s"] = cuda_kernel_seconds(sides["compiled"])["busy"]
     for side in result["sides"].values():
         side["over_floor"] = side["median_s"] / result["kernel_floor_s"]
+        if "in_order_floor_s" in result:
+            side["over_in_order_floor"] = side["median_s"] / result["in_order_floor_s"]
     return result
 
 
@@ -141,15 +144,18 @@ def cuda_kernel_seconds(fn) -> dict[str, float]:
     return {"floor": floor / 1e6, "busy": busy / 1e6}
 
 
-def kernel_floor(fn) -> float:
-    """Seconds of every matmul / attention call ``fn`` makes, each replayed alone (limit.py)."""
-    from limit import KernelRecorder, standalone_seconds
+def kernel_floor(fn) -> tuple[float, float]:
+    """Seconds of every matmul / attention call ``fn`` makes, each replayed alone, and all of them
+    replayed in order over the memory they used (limit.py's kernel floor and in-order floor)."""
+    from limit import KernelRecorder, in_order_seconds, standalone_seconds
 
-    recorder = KernelRecorder()
+    recorder = KernelRecorder(trace=True)
     recorder.phase = "generate"
     with torch.no_grad(), recorder:
         fn()
-    return sum(standalone_seconds(f, lts) * c for (_, f, lts), c in recorder.calls.items())
+    alone = sum(standalone_seconds(f, lts) * c for (_, f, lts), c in recorder.calls.items())
+    with torch.no_grad():
+        return alone, sum(in_order_seconds(recorder.trace).values())
 
 
 def evaluate_shape(args, device: torch.device) -> dict:
@@ -227,6 +233,8 @@ def main() -> None:
         if name in result:
             r = result[name]
             floor = f"; kernel floor {r['kernel_floor_s']:.3f} s" if "kernel_floor_s" in r else ""
+            if "in_order_floor_s" in r:
+                floor += f" (in order {r['in_order_floor_s']:.3f} s)"
             if "compiled_gpu_busy_s" in r:
                 floor += f"; compiled call's GPU busy {r['compiled_gpu_busy_s']:.3f} s"
             print(f"{name}: " + ", ".join(

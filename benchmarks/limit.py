@@ -8,12 +8,16 @@ shape in isolation (no elementwise ops, no Python, no allocator). The **peak flo
 FLOPs at the best GEMM rate measured here (2048^2): a bound no choice of shapes or layouts beats
 without less or cheaper arithmetic. FLOPs: 2mkn per matmul, 4·B·H·L·S·E per attention forward and
 2.5x that for its backward; ``rlhf estimate``'s analytic figure for the same shapes is printed
-beside them. Settings as benchmarks/ppo_step.py (the peer's: batch 16, mini-batch 4, 4 epochs,
+beside them. The **in-order floor** replays the last recorded step's calls in their order, each
+operand in a buffer standing for the storage the step used (:func:`in_order_seconds`): the same
+kernels with the step's memory traffic (weights and activations that no longer sit in the caches),
+still with nothing between them. Settings as benchmarks/ppo_step.py (the peer's: batch 16, mini-batch 4, 4 epochs,
 32 tokens, LoRA r=32 on q,v, fp32).
 
 Each phase's **measured** time comes from further steps run without the recorder, by a second
 trainer built with ``--compile`` / ``--compile-decoding`` when asked (the same prompts, seeds and
-shapes: 32 tokens per response), so ``over_floor`` = measured / kernel floor per phase and for the step.
+shapes: 32 tokens per response), so ``over_floor`` = measured / kernel floor per phase and for the step,
+``over_in_order_floor`` = measured / in-order floor.
 
     python benchmarks/limit.py [--steps N] [--timed-steps N] [--compile] [--compile-decoding] [--frozen-encoder]
                                [--model-in DIR --tokenizer DIR --prompts FILE]
@@ -29,6 +33,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -50,15 +55,20 @@ def layout(t: torch.Tensor) -> tuple:
 
 class KernelRecorder(TorchDispatchMode):
     """Counts every matmul / attention call by (op, operand layouts) and the step's phase it ran in
-    (the trainer's timed blocks: generate, score, forward, update); runs them unchanged."""
+    (the trainer's timed blocks: generate, score, forward, update); runs them unchanged. With
+    ``trace=True`` it also keeps each call in order, its tensors as :class:`Operand` (for
+    :func:`in_order_seconds`)."""
 
-    def __init__(self):
+    def __init__(self, trace: bool = False):
         super().__init__()
         self.calls: Counter = Counter()  # (phase, func, layouts) -> count
         self.phase = "other"
+        self.trace: list | None = [] if trace else None  # (phase, func, args, kwargs), tensors as Operand
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.trace is not None and (func in MATMULS or func in (SDPA, SDPA_BACKWARD)):
+            self.trace.append((self.phase, func, as_operands(args), as_operands(kwargs)))
         if func in MATMULS:
             self.calls[(self.phase, func, tuple(layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
         elif func in (SDPA, SDPA_BACKWARD):
@@ -115,6 +125,71 @@ def standalone_seconds(func, layouts, reps: int = 5) -> float:
         run = lambda: SDPA(q, k, v, attn_mask=mask)  # noqa: E731
         scale = 1.0 if func is SDPA else ATTENTION_BACKWARD
     return fastest(run, reps) * scale
+
+
+class Operand(NamedTuple):
+    """Where a recorded call's tensor lay: its storage (address and dtype, the key of the replay's
+    buffer), the element offset and the layout."""
+
+    storage: tuple
+    offset: int
+    shape: tuple
+    stride: tuple
+
+
+def as_operands(x):
+    if isinstance(x, torch.Tensor):
+        return Operand((x.untyped_storage().data_ptr(), x.dtype), x.storage_offset(), tuple(x.shape), tuple(x.stride()))
+    if isinstance(x, (list, tuple)):
+        return type(x)(as_operands(y) for y in x)
+    if isinstance(x, dict):
+        return {k: as_operands(v) for k, v in x.items()}
+    return x
+
+
+def in_order_seconds(trace: list, reps: int = 3) -> Counter:
+    """Seconds per phase of the recorded calls replayed **in order**, each tensor at a buffer that
+    stands for the storage the step used (one per address and dtype): the weights are read again
+    and again as in the step, an activation at an address the step reused lands where the last one
+    did, and nothing runs between the kernels. The fastest of ``reps`` passes after a warm-up pass.
+    This is the floor with the step's memory traffic: what the kernels cost in sequence rather
+    than each alone on warm operands."""
+    sizes: dict = {}
+    for op in iter_operands(trace):
+        extent = op.offset + 1 + sum((n - 1) * st for n, st in zip(op.shape, op.stride) if n > 0)
+        sizes[op.storage] = max(sizes.get(op.storage, 0), extent)
+    buffers = {key: torch.randn(n, dtype=key[1]) for key, n in sizes.items()}
+
+    def tensors(x):
+        if isinstance(x, Operand):
+            return buffers[x.storage].as_strided(x.shape, x.stride, x.offset)
+        if isinstance(x, (list, tuple)):
+            return type(x)(tensors(y) for y in x)
+        if isinstance(x, dict):
+            return {k: tensors(v) for k, v in x.items()}
+        return x
+
+    calls = [(phase, func, tensors(args), tensors(kwargs)) for phase, func, args, kwargs in trace]
+    clock, passes = time.perf_counter, []
+    for _ in range(reps + 1):  # the first pass warms up (first touch of every buffer)
+        seconds: Counter = Counter()
+        for phase, func, args, kwargs in calls:
+            start = clock()
+            func(*args, **kwargs)
+            seconds[phase] += clock() - start
+        passes.append(seconds)
+    return min(passes[1:] or passes, key=lambda seconds: sum(seconds.values()))
+
+
+def iter_operands(x):
+    if isinstance(x, Operand):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            yield from iter_operands(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from iter_operands(y)
 
 
 def peak_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
@@ -175,6 +250,8 @@ def main() -> None:
     trainer_module.Timer = recorder.tag_phases(trainer_module.Timer)
     for step in range(1, args.steps):
         query_tokens.append(statistics.mean(len(tok(p).input_ids) for p in trainer.batch_prompts(step)))
+        if step == args.steps - 1:
+            recorder.trace = []  # the last recorded step's calls in order, for the in-order floor
         start = time.perf_counter()
         with recorder:
             stats = trainer.step()
@@ -192,17 +269,19 @@ def main() -> None:
         matmul_flops += f_flops if f in MATMULS else 0.0
     total_flops = sum(phase_flops.values())
     floor = sum(phase_floor.values())
+    in_order = in_order_seconds(recorder.trace)
+    recorder.trace = None
     step_s = statistics.median(walls)
     result = {"cpu": cpu_description(), "threads": args.threads, "frozen_encoder": args.frozen_encoder,
               "mixed_precision": args.mixed_precision, "steps_recorded": n,
               "step_gflop": total_flops / 1e9, "matmul_share_of_flops": matmul_flops / total_flops,
               "estimate_gflop": estimate_flops(trainer, statistics.mean(query_tokens)) / 1e9,
-              "distinct_kernels": len(kernels), "kernel_floor_s": floor,
+              "distinct_kernels": len(kernels), "kernel_floor_s": floor, "in_order_floor_s": sum(in_order.values()),
               "peak_gemm_gflops": peak_gemm_gflops(torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32), "step_s_recorded": step_s,
               "achieved_gflops": total_flops / step_s / 1e9, "floor_over_step": floor / step_s,
               # per phase: the recorded steps' mean wall time (recorder overhead included) and kernel floor
               "phases": {p: {"recorded_s": phase_walls[p] / n, "kernel_floor_s": phase_floor[p],
-                             "gflop": phase_flops[p] / 1e9}
+                             "in_order_floor_s": in_order[p], "gflop": phase_flops[p] / 1e9}
                          for p in sorted(set(phase_walls) | set(phase_floor))}}
     result["peak_floor_s"] = total_flops / 1e9 / result["peak_gemm_gflops"]
     if args.timed_steps:
@@ -210,9 +289,11 @@ def main() -> None:
         result.update(compile=want_compile, compile_decoding=want_compile_decoding,
                       measured_step_s=timed.pop("step"), gen_tokens_per_s=timed.pop("gen_tokens_per_s"))
         result["step_over_floor"] = result["measured_step_s"] / floor
+        result["step_over_in_order_floor"] = result["measured_step_s"] / result["in_order_floor_s"]
         for p, v in result["phases"].items():
             if p in timed and v["kernel_floor_s"] > 0:
-                v.update(measured_s=timed[p], over_floor=timed[p] / v["kernel_floor_s"])
+                v.update(measured_s=timed[p], over_floor=timed[p] / v["kernel_floor_s"],
+                         over_in_order_floor=timed[p] / v["in_order_floor_s"])
     compare = Path(args.compare_json)
     if compare.is_file():
         peer = json.loads(compare.read_text())
@@ -220,14 +301,17 @@ def main() -> None:
         result["floor_over_peer"] = floor / peer["peer_median_step_s"]
     print(f"step {total_flops / 1e9:.0f} GFLOP ({matmul_flops / total_flops:.0%} matmul; rlhf estimate "
           f"{result['estimate_gflop']:.0f}); kernel floor {floor:.2f} s; peak floor {result['peak_floor_s']:.2f} s "
-          f"(GEMM {result['peak_gemm_gflops']:.0f} GFLOP/s); step {step_s:.2f} s (floor/step {floor / step_s:.2f})",
-          flush=True)
-    print("  by phase: " + ", ".join(f"{p} {v['recorded_s']:.2f} s (floor {v['kernel_floor_s']:.2f}, {v['gflop']:.0f} GFLOP)"
+          f"(GEMM {result['peak_gemm_gflops']:.0f} GFLOP/s); in-order floor {result['in_order_floor_s']:.2f} s; "
+          f"step {step_s:.2f} s (floor/step {floor / step_s:.2f})", flush=True)
+    print("  by phase: " + ", ".join(f"{p} {v['recorded_s']:.2f} s (floor {v['kernel_floor_s']:.2f}, in order "
+                                     f"{v['in_order_floor_s']:.2f}, {v['gflop']:.0f} GFLOP)"
                                      for p, v in result["phases"].items()), flush=True)
     if args.timed_steps:
         print(f"  measured (unrecorded, compile {want_compile}, compile_decoding {want_compile_decoding}): step "
-              f"{result['measured_step_s']:.2f} s ({result['step_over_floor']:.2f}x floor); "
-              + ", ".join(f"{p} {v['measured_s']:.2f} s ({v['over_floor']:.2f}x)" for p, v in result["phases"].items()
+              f"{result['measured_step_s']:.2f} s ({result['step_over_floor']:.2f}x floor, "
+              f"{result['step_over_in_order_floor']:.2f}x in order); "
+              + ", ".join(f"{p} {v['measured_s']:.2f} s ({v['over_floor']:.2f}x, {v['over_in_order_floor']:.2f}x in order)"
+                          for p, v in result["phases"].items()
                           if "measured_s" in v), flush=True)
     print(json.dumps(result))
 

@@ -1,5 +1,6 @@
 import json
 import subprocess
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def test_decoding_benchmark_times_generate_eager_and_compiled(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])["rollout"]
     assert result["eager_equals_generate"] and set(result["sides"]) == {"generate", "eager", "compiled"}
-    assert result["kernel_floor_s"] > 0 and all(s["tokens_per_s"] > 0 for s in result["sides"].values())
+    assert result["kernel_floor_s"] > 0 and result["in_order_floor_s"] > 0
+    assert all(s["tokens_per_s"] > 0 for s in result["sides"].values())
 
 
 def test_kernel_floor_records_every_matmul_with_its_flops_and_replays_it():
@@ -58,3 +60,34 @@ def test_kernel_floor_records_every_matmul_with_its_flops_and_replays_it():
     assert counted[("update", "mm.default", 2 * 3 * 4 * 2)] == 1 and counted[("other", "mm.default", 2 * 3 * 4 * 1)] == 1
     assert timer.seconds["update"] > 0  # the trainer's timing still works
     assert all(standalone_seconds(f, lts, reps=1) > 0 for _, f, lts in recorder.calls)
+
+
+def test_in_order_floor_replays_every_call_in_order_with_one_buffer_per_storage():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from limit import KernelRecorder, in_order_seconds
+
+    from rlhf.rl.trainer import Timer
+
+    weight, x1, x2 = torch.randn(4, 5), torch.randn(3, 4), torch.randn(2, 4)
+    q = k = v = torch.randn(1, 2, 6, 8)
+    recorder = KernelRecorder(trace=True)
+    with recorder:
+        x1 @ weight
+        x2 @ weight.clone()  # another storage, the weight's layout
+        x2 @ weight
+        with recorder.tag_phases(Timer)()("update"):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    (_, _, a1, _), (_, _, a2, _), (_, _, a3, _), (phase, _, attention, _) = recorder.trace
+    assert a1[1].storage == a3[1].storage != a2[1].storage and a2[0].storage == a3[0].storage != a1[0].storage
+    assert phase == "update" and len(attention) >= 3
+    replayed = KernelRecorder()
+    with replayed:
+        seconds = in_order_seconds(recorder.trace, reps=2)
+    assert set(seconds) == {"other", "update"} and all(s > 0 for s in seconds.values())
+    # the warm-up pass and two timed passes, each call in the layouts it was recorded in
+    recorded = Counter()
+    for (_, f, layouts), n in recorder.calls.items():
+        recorded[("other", f, layouts)] += 3 * n
+    assert replayed.calls == recorded

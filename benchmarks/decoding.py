@@ -15,7 +15,8 @@ drifting speed hits every side alike; the median over rounds is reported:
   32 test prompts x 25 nucleus samples (top-p 0.9) through ``rlhf.generation.generate``.
 
 Also the share of tokens the compiled step draws identically to the eager one (kernels may round
-differently), and the compile's one-off cost. On a GPU the compiled step runs as CUDA graphs.
+differently), and the compile's one-off cost. Compiled, the encoder pass is compiled too (as
+``model.compile_decoding`` does); on a GPU the compiled step runs as CUDA graphs.
 
     python benchmarks/decoding.py [--rounds R] [--device cpu|cuda] [--shape small|base] [--k K] [--world]
 """
@@ -88,7 +89,8 @@ def rollout(args, device: torch.device) -> dict:
 
     decoders = {"eager": Decoder(lm), "compiled": Decoder(lm, compile=True)}
     sides = {"generate": with_generate,
-             **{name: (lambda d=d: d(encoder(), q.attention_mask, k, T, gumbel_max, *gen, min_new_tokens=T))
+             **{name: (lambda d=d: d(d.encode(q.input_ids, q.attention_mask), q.attention_mask, k, T, gumbel_max, *gen,
+                                     min_new_tokens=T))  # compiled, the encoder too (model.compile_decoding)
                 for name, d in decoders.items()}}
     with torch.no_grad():
         torch.manual_seed(1)

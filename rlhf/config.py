@@ -38,9 +38,10 @@ class ModelConfig:
         "float32", doc="the weights' dtype; bfloat16/float16 = pure low-precision weights, no fp32 master copy")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt(
         "no", doc="autocast compute in bf16/fp16 over fp32 master weights (Trainer / accelerate mixed precision)")
-    compile_decoding: bool = opt(False, doc="torch.compile the per-token decoding step of a T5 (every stage that "
-                                 "generates; CUDA graphs on a GPU): the first call pays the compile; eager, with one "
-                                 "line saying why, where compile is unavailable")
+    compile_decoding: bool = opt(False, doc="torch.compile the per-token decoding step of a T5 and its prompts' "
+                                 "encoder pass (every stage that generates; the step as CUDA graphs on a GPU): the "
+                                 "first call pays the compile; eager, with one line saying why, where compile is "
+                                 "unavailable")
 
     def __post_init__(self) -> None:
         self.name = home(self.name)

@@ -201,7 +201,8 @@ class Decoder:
 
     def __init__(self, lm, compile: bool = False):
         self.step = T5Step(lm)
-        self.compiled_step, self.asked_compile = None, compile
+        self.encoder = lm.get_encoder()
+        self.compiled_step, self.compiled_encoder, self.asked_compile = None, None, compile
         self._cache, self._cache_key = None, None  # self-attention caches of the last call and their shape
         self.why_eager: str | None = None
         if compile:
@@ -217,6 +218,8 @@ class Decoder:
                 dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
                 mode = "reduce-overhead" if device.type == "cuda" else None
                 self.compiled_step = torch.compile(self.step.step, mode=mode, dynamic=None)
+                # prompt widths change with every batch: dynamic, no CUDA graphs (a graph per width)
+                self.compiled_encoder = torch.compile(self.encoder.forward, dynamic=True)
             else:
                 print(f"decoding runs eagerly: torch.compile is unavailable ({self.why_eager})", file=sys.stderr)
 
@@ -226,6 +229,28 @@ class Decoder:
 
     def __deepcopy__(self, memo):  # a deep copy of the model (a frozen reference) builds its own decoder
         return None
+
+    @torch.no_grad()
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, S] prompt ids and mask -> [B, S, d] encoder states. Compiled with the step (the
+        width padded to a multiple of 8, masked: inductor guards on that alignment), else the
+        model's own encoder, eagerly."""
+        if self.compiled_encoder is not None:
+            width = input_ids.shape[1]
+            pad = -width % 8
+            try:
+                out = self.compiled_encoder(input_ids=F.pad(input_ids, (0, pad)),
+                                            attention_mask=F.pad(attention_mask, (0, pad)))
+                return out.last_hidden_state[:, :width]
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as err:  # as for the step: eager from now on, one line
+                from rlhf.errors import first_line
+
+                self.compiled_encoder = None
+                print(f"encoding runs eagerly: compiling the encoder failed ({type(err).__name__}: {first_line(err)})",
+                      file=sys.stderr)
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @torch.no_grad()
     def __call__(self, states: torch.Tensor, attention_mask: torch.Tensor, n: int, max_new_tokens: int,

@@ -78,7 +78,7 @@ def _decode(model, tokenizer, enc, setting: GenerationSetting, kwargs: dict, k: 
         return model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     start = model.generation_config.decoder_start_token_id
     start = model.config.decoder_start_token_id if start is None else start
-    states = model.get_encoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+    states = decoder.encode(enc.input_ids, enc.attention_mask)
     pick = nucleus(setting.temperature, setting.top_k, setting.top_p) if setting.do_sample else greedy
     responses = decoder(states, enc.attention_mask, k, kwargs["max_new_tokens"], pick, tokenizer.eos_token_id,
                         tokenizer.pad_token_id, start)

@@ -120,16 +120,19 @@ def as_encoder_outputs(states: torch.Tensor | None):
 
 
 @torch.no_grad()
-def encoder_states(lm, queries: Queries, chunk_size: int) -> torch.Tensor:
+def encoder_states(lm, queries: Queries, chunk_size: int, compile: bool = False) -> torch.Tensor:
     """[B, S, d] encoder outputs of ``lm``, computed in chunks of ``chunk_size`` prompts of similar
     length, each cut to its longest prompt, so little work is spent on padding. Positions past a
-    chunk's longest prompt stay 0; the decoder's cross-attention masks every padding position out."""
+    chunk's longest prompt stay 0; the decoder's cross-attention masks every padding position out.
+    ``compile``: a T5's encoder runs compiled with its decoding step (``model.compile_decoding``;
+    :meth:`rlhf.decoding.Decoder.encode`)."""
     lengths = queries.attention_mask.sum(-1)
+    decoder = decoder_for(lm, compile=True) if compile else None
     encoder, states = lm.get_encoder(), None
     for idx in torch.argsort(lengths, stable=True).split(chunk_size):
         width = int(lengths[idx].max())
-        h = encoder(input_ids=queries.input_ids[idx, :width], attention_mask=queries.attention_mask[idx, :width])
-        h = h.last_hidden_state
+        ids, mask = queries.input_ids[idx, :width], queries.attention_mask[idx, :width]
+        h = decoder.encode(ids, mask) if decoder is not None else encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         if states is None:
             states = h.new_zeros(*queries.input_ids.shape, h.shape[-1])
         states[idx, :width] = h
@@ -165,7 +168,9 @@ def sample_responses(lm, queries: Queries, max_new_tokens: int, eos_token_id: in
     compiled with ``compile``), any other model with ``generate``.
     """
     decoder = decoder_for(lm, compile)
-    if states is None and (n > 1 or decoder is not None):  # encode each prompt once, not once per sample
+    if states is None and decoder is not None:  # encode each prompt once, not once per sample
+        states = decoder.encode(queries.input_ids, queries.attention_mask)
+    elif states is None and n > 1:
         states = lm.get_encoder()(input_ids=queries.input_ids, attention_mask=queries.attention_mask).last_hidden_state
     if decoder is not None:  # T5: the static-cache step; the n samples of a prompt share its cross-attention
         responses = decoder(states, queries.attention_mask, n, max_new_tokens, gumbel_max, eos_token_id, pad_token_id,

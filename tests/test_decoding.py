@@ -220,6 +220,50 @@ def test_the_compiled_step_matches_the_eager_one_where_compile_runs():
 
 
 
+def test_the_compiled_encoder_matches_the_eager_one_at_every_width_where_compile_runs():
+    """With the step, the prompts' encoder runs compiled (widths padded to a multiple of 8 and cut
+    back): the same states to rounding, one graph for every width and every batch of two or more
+    prompts (dynamo specialises a batch of one: a second graph). Skipped where this machine cannot
+    compile."""
+    import torch._dynamo
+
+    from rlhf.runtime import compile_unavailable
+    from rlhf.seq2seq import encoder_states
+
+    why = compile_unavailable(torch.device("cpu"))
+    if why:
+        pytest.skip(f"torch.compile unavailable: {why}")
+    lm = t5()
+    for i, q in enumerate((prompts(6, 11), prompts(6, 5, seed=2))):  # chunks of 2, widths 2..11 (8 and 16 padded)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0), torch.no_grad():
+            compiled = encoder_states(lm, q, 2, compile=True)
+            eager = encoder_states(lm, q, 2)
+        assert compiled.shape == eager.shape == (*q.input_ids.shape, 16)
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert decoder_for(lm, compile=True).compiled_encoder is not None
+
+
+def test_an_encoder_compile_that_fails_encodes_eagerly_saying_why_once(monkeypatch, capsys):
+    import rlhf.runtime
+
+    def broken(fn, **kwargs):
+        def run(*args, **kwargs):
+            raise RuntimeError("inductor cannot lower this\nsecond line")
+        return run
+
+    monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: None)
+    monkeypatch.setattr(torch, "compile", broken)
+    lm, q = t5(), prompts()
+    decoder = Decoder(lm, compile=True)
+    with torch.no_grad():
+        eager = lm.get_encoder()(input_ids=q.input_ids, attention_mask=q.attention_mask).last_hidden_state
+    for _ in range(2):
+        assert torch.equal(decoder.encode(q.input_ids, q.attention_mask), eager)
+    assert decoder.compiled_encoder is None
+    assert capsys.readouterr().err.count("encoding runs eagerly: compiling the encoder failed (RuntimeError: "
+                                         "inductor cannot lower this)") == 1
+
+
 def test_under_bf16_autocast_one_sample_per_prompt_is_exact_and_groups_nearly():
     """The RL stage samples under autocast with model.mixed_precision=bf16. One sample per prompt:
     generate's tokens exactly. With n > 1 the n queries of a prompt attend as one block, which bf16

@@ -193,7 +193,7 @@ class RLTrainer:
         device = self.accelerator.device  # every tensor on the device of the policy that consumes it
         queries = encode_queries(self.tokenizer, prompts, self.max_input_length, device)
         with timer("generate"), self.accelerator.autocast():  # the encoder runs once per prompt, for every pass
-            states = encoder_states(self.policy.lm, queries, max(1, cfg.mini_batch_size // k))
+            states = encoder_states(self.policy.lm, queries, max(1, cfg.mini_batch_size // k), self.compile_decoding)
             responses, response_mask = sample_responses(
                 self.policy.lm, queries, cfg.max_new_tokens, self.tokenizer.eos_token_id,
                 self.tokenizer.pad_token_id, self.start_token, cfg.min_new_tokens, states, n=k,

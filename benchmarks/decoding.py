@@ -105,6 +105,7 @@ def rollout(args, device: torch.device) -> dict:
     tokens = q.input_ids.shape[0] * k * T
     result = {"prompts": q.input_ids.shape[0], "k": k, "new_tokens": T, "shape": args.shape,
               "compiled": decoders["compiled"].compiled, "why_eager": decoders["compiled"].why_eager,
+              "encoder_compiled": decoders["compiled"].compiled_encoder is not None,
               "first_compiled_call_s": first_compiled_s,
               "eager_equals_generate": bool(torch.equal(outs["eager"], outs["generate"])),
               "compiled_identical_share": float((outs["compiled"] == outs["eager"]).float().mean()),
@@ -157,7 +158,7 @@ def kernel_floor(fn) -> tuple[float, float]:
         fn()
     alone = sum(standalone_seconds(f, lts) * c for (_, f, lts), c in recorder.calls.items())
     with torch.no_grad():
-        return alone, sum(in_order_seconds(recorder.trace).values())
+        return alone, sum(in_order_seconds(recorder.trace)[0].values())
 
 
 def evaluate_shape(args, device: torch.device) -> dict:

@@ -147,18 +147,20 @@ def as_operands(x):
     return x
 
 
-def in_order_seconds(trace: list, reps: int = 3) -> Counter:
+def in_order_seconds(trace: list, reps: int = 3) -> tuple[Counter, int]:
     """Seconds per phase of the recorded calls replayed **in order**, each tensor at a buffer that
     stands for the storage the step used (one per address and dtype): the weights are read again
     and again as in the step, an activation at an address the step reused lands where the last one
     did, and nothing runs between the kernels. The fastest of ``reps`` passes after a warm-up pass.
     This is the floor with the step's memory traffic: what the kernels cost in sequence rather
-    than each alone on warm operands."""
+    than each alone on warm operands. Returns (seconds per phase, the buffers' bytes: one buffer
+    per address the step used, so more than the step's peak memory)."""
     sizes: dict = {}
     for op in iter_operands(trace):
         extent = op.offset + 1 + sum((n - 1) * st for n, st in zip(op.shape, op.stride) if n > 0)
         sizes[op.storage] = max(sizes.get(op.storage, 0), extent)
-    buffers = {key: torch.randn(n, dtype=key[1]) for key, n in sizes.items()}
+    buffers = {key: torch.randn(n, dtype=key[1]) if key[1].is_floating_point else torch.zeros(n, dtype=key[1])
+               for key, n in sizes.items()}
 
     def tensors(x):
         if isinstance(x, Operand):
@@ -178,7 +180,8 @@ def in_order_seconds(trace: list, reps: int = 3) -> Counter:
             func(*args, **kwargs)
             seconds[phase] += clock() - start
         passes.append(seconds)
-    return min(passes[1:] or passes, key=lambda seconds: sum(seconds.values()))
+    best = min(passes[1:] or passes, key=lambda seconds: sum(seconds.values()))
+    return best, sum(b.numel() * b.element_size() for b in buffers.values())
 
 
 def iter_operands(x):
@@ -269,7 +272,7 @@ def main() -> None:
         matmul_flops += f_flops if f in MATMULS else 0.0
     total_flops = sum(phase_flops.values())
     floor = sum(phase_floor.values())
-    in_order = in_order_seconds(recorder.trace)
+    in_order, buffer_bytes = in_order_seconds(recorder.trace)
     recorder.trace = None
     step_s = statistics.median(walls)
     result = {"cpu": cpu_description(), "threads": args.threads, "frozen_encoder": args.frozen_encoder,
@@ -277,6 +280,7 @@ def main() -> None:
               "step_gflop": total_flops / 1e9, "matmul_share_of_flops": matmul_flops / total_flops,
               "estimate_gflop": estimate_flops(trainer, statistics.mean(query_tokens)) / 1e9,
               "distinct_kernels": len(kernels), "kernel_floor_s": floor, "in_order_floor_s": sum(in_order.values()),
+              "in_order_buffers_mib": buffer_bytes / 2**20,
               "peak_gemm_gflops": peak_gemm_gflops(torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32), "step_s_recorded": step_s,
               "achieved_gflops": total_flops / step_s / 1e9, "floor_over_step": floor / step_s,
               # per phase: the recorded steps' mean wall time (recorder overhead included) and kernel floor
@@ -291,7 +295,7 @@ def main() -> None:
         result["step_over_floor"] = result["measured_step_s"] / floor
         result["step_over_in_order_floor"] = result["measured_step_s"] / result["in_order_floor_s"]
         for p, v in result["phases"].items():
-            if p in timed and v["kernel_floor_s"] > 0:
+            if p in timed and v["kernel_floor_s"] > 0 and v["in_order_floor_s"] > 0:
                 v.update(measured_s=timed[p], over_floor=timed[p] / v["kernel_floor_s"],
                          over_in_order_floor=timed[p] / v["in_order_floor_s"])
     compare = Path(args.compare_json)

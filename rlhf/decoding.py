@@ -191,11 +191,12 @@ def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
 
 
 class Decoder:
-    """Samples from a T5 ``lm`` with :class:`T5Step`, eagerly or compiled (``compile=True``).
+    """Samples from a T5 ``lm`` with :class:`T5Step`, eagerly or compiled (``compile=True``), and
+    encodes its prompts (:meth:`encode`).
 
     Compiled, the step is shape-static over a cache as wide as ``max_new_tokens`` (one graph for
     every step of a call; after a call of another size, one recompile with dynamic shapes serves
-    every size), and on a GPU runs as CUDA graphs. If compiling is unavailable or fails, one line on stderr
+    every size), and on a GPU runs as CUDA graphs; the encoder is compiled with dynamic shapes. If compiling is unavailable or fails, one line on stderr
     says why and the step runs eagerly from then on.
     """
 
@@ -219,7 +220,7 @@ class Decoder:
                 mode = "reduce-overhead" if device.type == "cuda" else None
                 self.compiled_step = torch.compile(self.step.step, mode=mode, dynamic=None)
                 # prompt widths change with every batch: dynamic, no CUDA graphs (a graph per width)
-                self.compiled_encoder = torch.compile(self.encoder.forward, dynamic=True)
+                self.compiled_encoder = torch.compile(self.encoder, dynamic=True)  # the module: its hooks run too
             else:
                 print(f"decoding runs eagerly: torch.compile is unavailable ({self.why_eager})", file=sys.stderr)
 

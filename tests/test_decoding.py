@@ -222,10 +222,11 @@ def test_the_compiled_step_matches_the_eager_one_where_compile_runs():
 
 def test_the_compiled_encoder_matches_the_eager_one_at_every_width_where_compile_runs():
     """With the step, the prompts' encoder runs compiled (widths padded to a multiple of 8 and cut
-    back): the same states to rounding, one graph for every width and every batch of two or more
-    prompts (dynamo specialises a batch of one: a second graph). Skipped where this machine cannot
-    compile."""
+    back): the same states to rounding, and after the first compile no other graph for new widths
+    or batches of two or more prompts (dynamo specialises a batch of one: a second graph). Also
+    with the adapter on and off. Skipped where this machine cannot compile."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     from rlhf.runtime import compile_unavailable
     from rlhf.seq2seq import encoder_states
@@ -233,14 +234,34 @@ def test_the_compiled_encoder_matches_the_eager_one_at_every_width_where_compile
     why = compile_unavailable(torch.device("cpu"))
     if why:
         pytest.skip(f"torch.compile unavailable: {why}")
-    lm = t5()
-    for i, q in enumerate((prompts(6, 11), prompts(6, 5, seed=2))):  # chunks of 2, widths 2..11 (8 and 16 padded)
-        with torch._dynamo.config.patch(error_on_recompile=i > 0), torch.no_grad():
+    lm = apply_lora(t5(), LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q", "v"]))
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter: on and off differ
+    graphs = counters["stats"]["unique_graphs"]
+
+    def check(q: Queries, recompile: bool) -> torch.Tensor:
+        with torch._dynamo.config.patch(error_on_recompile=not recompile), torch.no_grad():
             compiled = encoder_states(lm, q, 2, compile=True)
             eager = encoder_states(lm, q, 2)
         assert compiled.shape == eager.shape == (*q.input_ids.shape, 16)
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
-    assert decoder_for(lm, compile=True).compiled_encoder is not None
+        return eager
+
+    def padded_widths(q: Queries) -> set[int]:
+        return {w + -w % 8 for w in (int(c.max()) for c in q.attention_mask.sum(-1).sort().values.split(2))}
+
+    first, later = prompts(6, 11), [prompts(6, 23, seed=2), prompts(6, 40, seed=3), prompts(6, 5, seed=4)]
+    on = check(first, recompile=True)
+    assert counters["stats"]["unique_graphs"] > graphs  # it compiled
+    assert set().union(*map(padded_widths, later)) - padded_widths(first)  # widths the first compile never saw
+    for q in later:
+        check(q, recompile=False)
+    with reference(lm):  # the adapter off: its own graph, not the adapter-on one reused
+        off = check(first, recompile=True)
+    assert not torch.allclose(on, off)
+    assert decoder_for(lm, compile=True).compiled_encoder is not None  # no fallback to eager on the way
 
 
 def test_an_encoder_compile_that_fails_encodes_eagerly_saying_why_once(monkeypatch, capsys):

@@ -28,7 +28,8 @@ def score_responses(policy, queries: Queries, responses: torch.Tensor, response_
 
     ``queries`` [P, S] are the prompts, ``responses`` [P x group_size, T] their responses in groups
     (rows ``i * k .. i * k + k - 1`` answer prompt i). ``states``: the policy's encoder outputs for
-    the prompts from the rollout (the weights have not changed since), so only the decoder runs for
+    the prompts from the rollout (the weights have not changed since; with ``model.compile_decoding``
+    from the compiled encoder, an eager pass's to rounding), so only the decoder runs for
     the policy; the reference's encoder runs once per prompt in length-cut chunks
     (:func:`rlhf.seq2seq.encoder_states`), unless ``shared_encoder`` (no adapter in the encoder: the
     reference's encoder is the policy's, so its states are reused).

@@ -246,11 +246,8 @@ class Decoder:
             except torch.OutOfMemoryError:
                 raise
             except Exception as err:  # as for the step: eager from now on, one line
-                from rlhf.errors import first_line
-
                 self.compiled_encoder = None
-                print(f"encoding runs eagerly: compiling the encoder failed ({type(err).__name__}: {first_line(err)})",
-                      file=sys.stderr)
+                compile_failed("encoding", "the encoder", err)
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @torch.no_grad()
@@ -323,13 +320,20 @@ class Decoder:
             except torch.OutOfMemoryError:
                 raise
             except Exception as err:  # an op inductor cannot lower, a toolchain failure: eager from now on
-                from rlhf.errors import first_line
-
-                self.compiled_step, self.why_eager = None, f"{type(err).__name__}: {first_line(err)}"
-                print(f"decoding runs eagerly: compiling the step failed ({self.why_eager})", file=sys.stderr)
+                self.compiled_step, self.why_eager = None, compile_failed("decoding", "the step", err)
         w = t + 1
         return self.step.step(tokens, position, [c[:, :, :w] for c in self_k], [c[:, :, :w] for c in self_v],
                               cross_k, cross_v, cross_mask, bias_table[:, :, t:t + 1, :w])
+
+
+def compile_failed(runs: str, what: str, err: Exception) -> str:
+    """One line on stderr: ``runs`` goes on eagerly because compiling ``what`` failed with ``err``
+    (its first line). Returns the reason."""
+    from rlhf.errors import first_line
+
+    why = f"{type(err).__name__}: {first_line(err)}"
+    print(f"{runs} runs eagerly: compiling {what} failed ({why})", file=sys.stderr)
+    return why
 
 
 class EndCheck:

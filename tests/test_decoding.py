@@ -179,16 +179,22 @@ def test_compile_unavailable_decodes_eagerly_saying_why(monkeypatch, capsys):
                                                "(no C++ compiler on PATH)")
 
 
-def test_a_compile_that_fails_falls_back_to_eager_once(monkeypatch, capsys):
+def break_compile(monkeypatch) -> None:
+    """torch.compile available, but every compiled function raises when called (an op inductor
+    cannot lower)."""
     import rlhf.runtime
 
     def broken(fn, **kwargs):
-        def run(*args):
+        def run(*args, **kwargs):
             raise RuntimeError("inductor cannot lower this\nsecond line")
         return run
 
     monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: None)
     monkeypatch.setattr(torch, "compile", broken)
+
+
+def test_a_compile_that_fails_falls_back_to_eager_once(monkeypatch, capsys):
+    break_compile(monkeypatch)
     lm, q = t5(), prompts()
     decoder = Decoder(lm, compile=True)
     assert decoder.compiled
@@ -265,15 +271,7 @@ def test_the_compiled_encoder_matches_the_eager_one_at_every_width_where_compile
 
 
 def test_an_encoder_compile_that_fails_encodes_eagerly_saying_why_once(monkeypatch, capsys):
-    import rlhf.runtime
-
-    def broken(fn, **kwargs):
-        def run(*args, **kwargs):
-            raise RuntimeError("inductor cannot lower this\nsecond line")
-        return run
-
-    monkeypatch.setattr(rlhf.runtime, "compile_unavailable", lambda device: None)
-    monkeypatch.setattr(torch, "compile", broken)
+    break_compile(monkeypatch)
     lm, q = t5(), prompts()
     decoder = Decoder(lm, compile=True)
     with torch.no_grad():

@@ -73,7 +73,8 @@ def rollout_model(args, device: torch.device):
 
 def rollout(args, device: torch.device) -> dict:
     """The trainer's generate phase at the peer's shapes: each side from the same random state."""
-    from rlhf.decoding import Decoder, gumbel_max
+    from rlhf.decoding import Decoder
+    from rlhf.pickers import gumbel_max
     from rlhf.seq2seq import _generate, repeat_rows, response_mask_from
 
     lm, tok, q = rollout_model(args, device)

@@ -25,58 +25,13 @@ rows, S prompt tokens, T response tokens, H heads, dh head width, V vocabulary.
 from __future__ import annotations
 
 import sys
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from rlhf.pickers import Picker
+
 RECOMPILE_LIMIT = 64  # graphs of the compiled step per process (see Decoder)
-Picker = Callable[[torch.Tensor], torch.Tensor]  # fp32 scores [R, V] -> next tokens [R]
-
-
-# --------------------------------------------------------------------------------------------
-# Choosing the next token
-# --------------------------------------------------------------------------------------------
-
-
-class GumbelMax:
-    """A logits processor that turns greedy search into sampling from softmax(scores): the argmax
-    of scores + Gumbel(0, 1) noise is an exact sample (Gumbel 1954; Maddison et al. 2014,
-    "A* Sampling"). Same distribution as ``do_sample=True`` at temperature 1 without top-k/top-p,
-    but about 3x cheaper per step on CPU than ``torch.multinomial`` over a 32k vocabulary
-    (benchmarks/RESULTS.md). Processors that ran before it (e.g. the EOS ban of
-    ``min_new_tokens``) keep their -inf."""
-
-    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
-        uniform = torch.rand_like(scores, dtype=torch.float32)
-        return scores.float() - uniform.log_().neg_().log_()  # + Gumbel noise = -log(-log U)
-
-
-def greedy(scores: torch.Tensor) -> torch.Tensor:
-    """The most likely token."""
-    return scores.argmax(-1)
-
-
-def gumbel_max(scores: torch.Tensor) -> torch.Tensor:
-    """A sample from softmax(scores) (:class:`GumbelMax`): what the RL methods sample with."""
-    return GumbelMax()(None, scores).argmax(-1)
-
-
-def nucleus(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Picker:
-    """A sample after temperature, top-k and top-p (Holtzman et al. 2020), with ``transformers``'
-    own warpers in ``generate``'s order, then ``torch.multinomial``: the same draws as
-    ``generate(do_sample=True, ...)`` from the same random state."""
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
-        ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
-
-    def pick(scores: torch.Tensor) -> torch.Tensor:
-        for warp in warpers:
-            scores = warp(None, scores)
-        return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
-
-    return pick
 
 
 def base_t5(lm):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.config import GenerationSetting
-from rlhf.decoding import decoder_for, greedy, nucleus
+from rlhf.decoding import decoder_for
+from rlhf.pickers import greedy, nucleus
 from rlhf.progress import Progress
 
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.decoding import GumbelMax, decoder_for, gumbel_max
+from rlhf.decoding import decoder_for
+from rlhf.pickers import GumbelMax, gumbel_max
 
 # --------------------------------------------------------------------------------------------
 # Token maths on model outputs

@@ -7,7 +7,8 @@ from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5F
 import rlhf.decoding as decoding
 import rlhf.generation as generation
 from rlhf.config import GenerationSetting, LoraConfig
-from rlhf.decoding import Decoder, decoder_for, greedy, gumbel_max, nucleus
+from rlhf.decoding import Decoder, decoder_for
+from rlhf.pickers import gumbel_max, nucleus
 from rlhf.models import apply_lora
 from rlhf.seq2seq import Queries, _generate, reference, repeat_rows, response_mask_from, sample_responses
 
@@ -142,18 +143,6 @@ def test_generation_draws_what_generate_draws(setting, monkeypatch, tiny_tokeniz
     monkeypatch.setattr(generation, "decoder_for", lambda *a, **k: None)
     theirs = generation.generate(lm, tiny_tokenizer, texts, setting, **kw)
     assert (ours.texts, ours.samples, ours.new_tokens) == (theirs.texts, theirs.samples, theirs.new_tokens)
-
-
-def test_pickers():
-    scores = torch.tensor([[0.0, 3.0, -1.0], [float("-inf"), 0.0, 1.0]])
-    assert greedy(scores).tolist() == [1, 2]
-    torch.manual_seed(0)
-    draws = torch.stack([gumbel_max(scores) for _ in range(4000)])
-    assert (draws[:, 1] != 0).all()  # -inf is never drawn
-    share = (draws[:, 0] == 1).float().mean().item()  # softmax([0, 3, -1])[1] = 0.936
-    assert share == pytest.approx(0.936, abs=0.02)
-    top1 = nucleus(top_k=1)
-    assert top1(scores).tolist() == [1, 2]
 
 
 def test_a_model_that_is_not_a_t5_decodes_with_generate():

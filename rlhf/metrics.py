@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from statistics import mean
 
@@ -24,14 +25,39 @@ def rouge_per_prediction(predictions: list[str], references: list[str | list[str
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions vs {len(references)} references")
-    scorer = rouge_scorer.RougeScorer([k for k in ROUGE_KEYS if k != "rougeLsum"], use_stemmer=True)
-    summary = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    tokenizer = _MemoTokenizer()
+    scorer = rouge_scorer.RougeScorer([k for k in ROUGE_KEYS if k != "rougeLsum"], tokenizer=tokenizer)
+    summary = rouge_scorer.RougeScorer(["rougeLsum"], tokenizer=tokenizer)
     out = []
     for pred, refs in zip(predictions, references):
         refs = [refs] if isinstance(refs, str) else list(refs)
         scores = [scorer.score(ref, pred) | summary.score(sentence_lines(ref), sentence_lines(pred)) for ref in refs]
         out.append({k: mean(s[k].fmeasure for s in scores) for k in ROUGE_KEYS})
     return out
+
+
+class _MemoTokenizer:
+    """``rouge_score``'s default tokenizer with its Porter stemmer (``use_stemmer=True``), the same
+    tokens, memoised: each text once (a prompt's references are scored against every one of its
+    samples) and each word's stem once (the stemmer is pure Python: it was three quarters of the
+    scoring time)."""
+
+    def __init__(self):
+        from nltk.stem import porter
+
+        self._stem = functools.lru_cache(maxsize=None)(porter.PorterStemmer().stem)
+        self._texts: dict[str, list[str]] = {}
+
+    def stem(self, word: str) -> str:
+        return self._stem(word)
+
+    def tokenize(self, text: str) -> list[str]:
+        from rouge_score.tokenize import tokenize
+
+        tokens = self._texts.get(text)
+        if tokens is None:
+            tokens = self._texts[text] = tokenize(text, self)
+        return tokens
 
 
 def rouge(predictions: list[str], references: list[str | list[str]]) -> dict[str, float]:

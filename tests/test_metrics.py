@@ -1,3 +1,5 @@
+from statistics import mean
+
 import pytest
 
 from rlhf.metrics import (
@@ -24,6 +26,26 @@ def test_several_references_give_the_mean_of_their_scores():
     both = rouge_per_prediction(["the cat sat"], [["the cat sat", "a dog ran"]])[0]["rougeL"]
     assert both == pytest.approx((one + other) / 2) and one == pytest.approx(1.0)
     assert rouge([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeLsum": 0.0}
+
+
+def test_rouge_tokens_and_scores_are_rouge_scores_own():
+    from rouge_score import rouge_scorer, tokenizers
+
+    from rlhf.metrics import _MemoTokenizer
+
+    texts = ["Running runners ran; the RUNNER's runs!", "Mary's cats were running to Paris, 3 times.",
+             "Running runners ran; the RUNNER's runs!", "", "a an the caresses ponies ties"]
+    memo, plain = _MemoTokenizer(), tokenizers.DefaultTokenizer(use_stemmer=True)
+    assert [memo.tokenize(t) for t in texts] == [plain.tokenize(t) for t in texts]
+    assert memo.tokenize("caresses ponies") == ["caress", "poni"]  # stemmed
+    preds, refs = texts[1:], [[texts[0], texts[4]], texts[2], texts[1], "ponies run"]
+    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    own = rouge_scorer.RougeScorer(keys, use_stemmer=True)
+    for pred, ref, got in zip(preds, refs, rouge_per_prediction(preds, refs)):
+        ref = [ref] if isinstance(ref, str) else ref
+        want = [own.score(sentence_lines(r), sentence_lines(pred)) | {k: own.score(r, pred)[k] for k in keys[:3]}
+                for r in ref]
+        assert got == {k: mean(w[k].fmeasure for w in want) for k in keys}
 
 
 def test_classification_metrics_known_values():

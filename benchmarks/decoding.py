@@ -12,7 +12,8 @@ drifting speed hits every side alike; the median over rounds is reported:
   sequence over the memory they used); on a GPU the device time of the kernels those calls launched
   in one eager decoding, from the CUDA profiler (and the compiled call's busy time: every kernel).
 - **evaluate** (``--world``): the evaluate stage's sampled responses on the default tiny world:
-  32 test prompts x 25 nucleus samples (top-p 0.9) through ``rlhf.generation.generate``.
+  32 test prompts x 25 nucleus samples (top-p 0.9) through ``rlhf.generation.generate``; and one
+  step's nucleus choice at that shape: the top-p cut and the draw, ``transformers``' and ours.
 
 Also the share of tokens the compiled step draws identically to the eager one (kernels may round
 differently), and the compile's one-off cost. Compiled, the encoder pass is compiled too (as
@@ -202,11 +203,46 @@ def evaluate_shape(args, device: torch.device) -> dict:
             seconds[side].append(s)
     flat = {s: [t for row in g.samples for t in row] for s, g in outs.items()}
     return {"prompts": len(prompts), "k": config.evaluate.n_samples, "new_tokens": outs["eager"].new_tokens,
+            "pickers": pickers(min(config.evaluate.batch_size, len(prompts) * config.evaluate.n_samples), len(tok),
+                               config.evaluate.top_p, args.rounds),
             "first_compiled_call_s": first_compiled_s,
             "eager_equals_generate": flat["eager"] == flat["generate"],
             "compiled_identical_text_share": sum(a == b for a, b in zip(flat["compiled"], flat["eager"])) / len(flat["eager"]),
             "sides": {s: {"median_s": statistics.median(v), "rounds_s": [round(x, 4) for x in v],
                           "tokens_per_s": outs[s].new_tokens / statistics.median(v)} for s, v in seconds.items()}}
+
+
+def pickers(rows: int, vocab: int, top_p: float, rounds: int) -> dict:
+    """One decoding step's nucleus choice at [rows, vocab] (fp32 logits of spread 3), each side in
+    alternating rounds of 20 calls: ``transformers``' top-p warper vs ``rlhf.pickers.top_p_filter``,
+    ``torch.multinomial`` vs ``rlhf.pickers.draw``, and whether each pair gives the same tokens
+    from the same random state."""
+    from transformers import TopPLogitsWarper
+
+    from rlhf.pickers import draw, top_p_filter
+
+    scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    probs = top_p_filter(scores, top_p).softmax(-1)
+    warper = TopPLogitsWarper(top_p)
+    sides = {"top_p_warper": lambda: warper(None, scores), "top_p_filter": lambda: top_p_filter(scores, top_p),
+             "multinomial": lambda: torch.multinomial(probs, 1), "draw": lambda: draw(probs)}
+    ms: dict[str, list[float]] = {s: [] for s in sides}
+    for _ in range(rounds):
+        for side, fn in sides.items():
+            fn()
+            start = time.perf_counter()
+            for _ in range(20):
+                fn()
+            ms[side].append((time.perf_counter() - start) / 20 * 1e3)
+
+    def tokens(fn, seed):
+        torch.manual_seed(seed)
+        return fn().reshape(-1), torch.rand(4)
+
+    same_draws = all(all(map(torch.equal, tokens(lambda: torch.multinomial(probs, 1), seed), tokens(lambda: draw(probs), seed)))
+                     for seed in range(5))
+    return {"rows": rows, "vocab": vocab, "top_p": top_p, "median_ms": {s: statistics.median(v) for s, v in ms.items()},
+            "top_p_equal": torch.equal(warper(None, scores), top_p_filter(scores, top_p)), "draws_equal": same_draws}
 
 
 def main() -> None:
@@ -246,6 +282,11 @@ def main() -> None:
                 + (f", {v['over_floor']:.2f}x floor" if "over_floor" in v else "") + ")"
                 for s, v in r["sides"].items()) + f"{floor}; first compiled call {r['first_compiled_call_s']:.1f} s",
                 flush=True)
+    if "evaluate" in result:
+        p = result["evaluate"]["pickers"]
+        print(f"pickers at [{p['rows']}, {p['vocab']}] (ms per call): " + ", ".join(
+            f"{s} {v:.2f}" for s, v in p["median_ms"].items()) + f"; same cut {p['top_p_equal']}, same draws "
+            f"{p['draws_equal']}", flush=True)
     print(json.dumps(result))
 
 

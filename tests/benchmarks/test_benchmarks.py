@@ -99,3 +99,13 @@ def test_in_order_floor_replays_every_call_in_order_with_one_buffer_per_storage(
     # the warm-up pass and two timed passes, each the recorded calls in their order, the same
     # operands sharing a buffer wherever they shared a storage in the recording
     assert calls(replayed.trace) == calls(recorder.trace * 3)
+
+
+def test_pickers_benchmark_times_both_sides_and_checks_they_agree():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decoding import pickers
+
+    result = pickers(rows=6, vocab=40, top_p=0.9, rounds=1)
+    assert set(result["median_ms"]) == {"top_p_warper", "top_p_filter", "multinomial", "draw"}
+    assert all(v > 0 for v in result["median_ms"].values())
+    assert result["top_p_equal"] and result["draws_equal"]

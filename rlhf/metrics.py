@@ -40,7 +40,7 @@ class _MemoTokenizer:
     """``rouge_score``'s default tokenizer with its Porter stemmer (``use_stemmer=True``), the same
     tokens, memoised: each text once (a prompt's references are scored against every one of its
     samples) and each word's stem once (the stemmer is pure Python: it was three quarters of the
-    scoring time)."""
+    scoring time). A text's token list is shared by every score of it: rouge_score only reads it."""
 
     def __init__(self):
         from nltk.stem import porter

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map, tree_map_only
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import cpu_description  # noqa: E402
@@ -138,13 +139,13 @@ class Operand(NamedTuple):
 
 
 def as_operands(x):
-    if isinstance(x, torch.Tensor):
-        return Operand((x.untyped_storage().data_ptr(), x.dtype), x.storage_offset(), tuple(x.shape), tuple(x.stride()))
-    if isinstance(x, (list, tuple)):
-        return type(x)(as_operands(y) for y in x)
-    if isinstance(x, dict):
-        return {k: as_operands(v) for k, v in x.items()}
-    return x
+    """``x`` (a call's args or kwargs) with each tensor replaced by its :class:`Operand`."""
+    return tree_map_only(torch.Tensor, lambda t: Operand((t.untyped_storage().data_ptr(), t.dtype), t.storage_offset(),
+                                                         tuple(t.shape), tuple(t.stride())), x)
+
+
+def is_operand(x) -> bool:
+    return isinstance(x, Operand)  # a leaf: pytree would otherwise walk into the named tuple
 
 
 def in_order_seconds(trace: list, reps: int = 3) -> tuple[Counter, int]:
@@ -156,20 +157,15 @@ def in_order_seconds(trace: list, reps: int = 3) -> tuple[Counter, int]:
     than each alone on warm operands. Returns (seconds per phase, the buffers' bytes: one buffer
     per address the step used, so more than the step's peak memory)."""
     sizes: dict = {}
-    for op in iter_operands(trace):
+    for op in filter(is_operand, tree_leaves(trace, is_leaf=is_operand)):
         extent = op.offset + 1 + sum((n - 1) * st for n, st in zip(op.shape, op.stride) if n > 0)
         sizes[op.storage] = max(sizes.get(op.storage, 0), extent)
     buffers = {key: torch.randn(n, dtype=key[1]) if key[1].is_floating_point else torch.zeros(n, dtype=key[1])
                for key, n in sizes.items()}
 
     def tensors(x):
-        if isinstance(x, Operand):
-            return buffers[x.storage].as_strided(x.shape, x.stride, x.offset)
-        if isinstance(x, (list, tuple)):
-            return type(x)(tensors(y) for y in x)
-        if isinstance(x, dict):
-            return {k: tensors(v) for k, v in x.items()}
-        return x
+        return tree_map(lambda op: buffers[op.storage].as_strided(op.shape, op.stride, op.offset) if is_operand(op)
+                        else op, x, is_leaf=is_operand)
 
     calls = [(phase, func, tensors(args), tensors(kwargs)) for phase, func, args, kwargs in trace]
     clock, passes = time.perf_counter, []
@@ -182,17 +178,6 @@ def in_order_seconds(trace: list, reps: int = 3) -> tuple[Counter, int]:
         passes.append(seconds)
     best = min(passes[1:] or passes, key=lambda seconds: sum(seconds.values()))
     return best, sum(b.numel() * b.element_size() for b in buffers.values())
-
-
-def iter_operands(x):
-    if isinstance(x, Operand):
-        yield x
-    elif isinstance(x, (list, tuple)):
-        for y in x:
-            yield from iter_operands(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from iter_operands(y)
 
 
 def peak_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:

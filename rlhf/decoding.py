@@ -151,8 +151,9 @@ class Decoder:
 
     Compiled, the step is shape-static over a cache as wide as ``max_new_tokens`` (one graph for
     every step of a call; after a call of another size, one recompile with dynamic shapes serves
-    every size), and on a GPU runs as CUDA graphs; the encoder is compiled with dynamic shapes. If compiling is unavailable or fails, one line on stderr
-    says why and the step runs eagerly from then on.
+    every size), and on a GPU runs as CUDA graphs; the encoder is compiled with dynamic shapes. If
+    compiling is unavailable or fails, one line on stderr says why and the step runs eagerly from
+    then on.
     """
 
     def __init__(self, lm, compile: bool = False):

@@ -133,7 +133,10 @@ def encoder_states(lm, queries: Queries, chunk_size: int, compile: bool = False)
     for idx in torch.argsort(lengths, stable=True).split(chunk_size):
         width = int(lengths[idx].max())
         ids, mask = queries.input_ids[idx, :width], queries.attention_mask[idx, :width]
-        h = decoder.encode(ids, mask) if decoder is not None else encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if decoder is not None:
+            h = decoder.encode(ids, mask)
+        else:
+            h = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         if states is None:
             states = h.new_zeros(*queries.input_ids.shape, h.shape[-1])
         states[idx, :width] = h
